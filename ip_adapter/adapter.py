@@ -1,0 +1,122 @@
+"""The loaded adapter: its description, image projection and per-layer weights, built strictly from a file."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from .checkpoint import CheckpointGroups, read_checkpoint
+from .detect import detect
+from .errors import CheckpointFormatError, IncompatibleEncodingError
+from .projection import FaceIDProjModel, ImageProjModel, MLPProjModel, ProjPlusModel
+from .resampler import Resampler
+from .spec import ENCODER_FILES, AdapterSpec, ClipOutput, ProjectionType, encoder_name
+from .weights import LayerWeights
+
+_PROJECTIONS: dict[ProjectionType, type[nn.Module]] = {
+    ProjectionType.IMAGE_PROJ: ImageProjModel,
+    ProjectionType.MLP: MLPProjModel,
+    ProjectionType.RESAMPLER: Resampler,
+    ProjectionType.FACEID_MLP: FaceIDProjModel,
+    ProjectionType.FACEID_PLUS: ProjPlusModel,
+}
+
+
+def _load_strict(module: nn.Module, sd: dict[str, torch.Tensor], name: str, group: str) -> None:
+    try:
+        module.load_state_dict(sd, strict=True, assign=True)
+    except RuntimeError as e:
+        raise CheckpointFormatError(
+            f"'{name}': the '{group}' group does not match its detected layout: {str(e).splitlines()[-1].strip()} "
+            "The file is corrupt or a non-standard export; use an official file."
+        ) from e
+
+
+class IPAdapter(nn.Module):
+    """An IP-Adapter checkpoint ready to compute image tokens and per-layer image keys/values."""
+
+    def __init__(self, spec: AdapterSpec, image_proj: nn.Module, layers: LayerWeights, name: str) -> None:
+        super().__init__()
+        self.spec, self.name = spec, name
+        self.image_proj = image_proj
+        self.layers = layers
+
+    @classmethod
+    def from_groups(
+        cls, groups: CheckpointGroups, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+    ) -> IPAdapter:
+        """Detect, build on the meta device, then adopt the file's tensors cast to `dtype` (no further copies)."""
+        spec = detect(groups.image_proj, groups.ip_adapter, groups.name)
+        cast = {g: {k: v.to(device=device, dtype=dtype) for k, v in getattr(groups, g).items()}
+                for g in ("image_proj", "ip_adapter")}
+        with torch.device("meta"):
+            image_proj = _PROJECTIONS[spec.projection].from_state_dict(cast["image_proj"])
+            layers = LayerWeights.from_state_dict(cast["ip_adapter"])
+        _load_strict(image_proj, cast["image_proj"], groups.name, "image_proj")
+        _load_strict(layers, cast["ip_adapter"], groups.name, "ip_adapter")
+        return cls(spec, image_proj, layers, groups.name).requires_grad_(False).eval()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def check_clip_input(self, features: torch.Tensor | None, which: ClipOutput) -> None:
+        """Raise IncompatibleEncodingError unless `features` is the CLIP output of the width this adapter needs."""
+        spec = self.spec
+        expected = encoder_name(which, spec.clip_width)
+        fix = f"Load {ENCODER_FILES.get(expected, 'the matching model')} in the CLIP Vision loader"
+        if features is None:
+            raise IncompatibleEncodingError(
+                f"'{self.name}' ({spec.kind}) needs the CLIP {which.value}, but the image prompt has none. "
+                "Encode the images again with Encode Image Prompt."
+            )
+        if features.shape[-1] != spec.clip_width:
+            found = encoder_name(which, features.shape[-1])
+            raise IncompatibleEncodingError(
+                f"'{self.name}' expects images encoded with {expected} ({which.value} width {spec.clip_width}), "
+                f"but the image prompt was encoded with {found} (width {features.shape[-1]}). {fix}."
+            )
+
+    def project(
+        self, clip: torch.Tensor | None = None, face_id: torch.Tensor | None = None, s_scale: float = 1.0
+    ) -> torch.Tensor:
+        """Image tokens for N images.
+
+        Args:
+            clip: the CLIP output the adapter consumes: (N, P) image_embeds or (N, T, H) hidden states.
+            face_id: ArcFace embeddings for FaceID models: (N, 512), or (N, n, 512) for portrait models.
+            s_scale: FaceID PlusV2 shortcut scale.
+
+        Returns:
+            Tokens. Shape: (N, num_tokens, cross_attention_dim).
+        """
+        spec, p = self.spec, self.image_proj
+        if spec.clip_output is not None:
+            self.check_clip_input(clip, spec.clip_output)
+            clip = clip.to(self.device, self.dtype)
+        if spec.is_faceid:
+            if face_id is None:
+                raise IncompatibleEncodingError(f"'{self.name}' ({spec.kind}) needs a face ID embedding.")
+            face_id = face_id.to(self.device, self.dtype)
+        if spec.projection is ProjectionType.FACEID_PLUS:
+            return p(face_id, clip, shortcut=spec.shortcut, s_scale=s_scale)
+        if spec.projection is ProjectionType.RESAMPLER and spec.is_faceid:
+            return p(face_id.reshape(face_id.shape[0], -1, spec.face_id_dim))
+        return p(face_id if spec.is_faceid else clip)
+
+    def project_kv(self, index: int, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image keys and values of layer `index`: (B, T, C) -> two (B, T, width)."""
+        return self.layers.project_kv(index, tokens.to(self.device, self.dtype))
+
+
+def load_ip_adapter(
+    path: str | os.PathLike, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+) -> IPAdapter:
+    """Read, validate and build the adapter stored at `path`; every failure is a CheckpointFormatError naming it."""
+    return IPAdapter.from_groups(read_checkpoint(path), dtype=dtype, device=device)

@@ -1,0 +1,98 @@
+"""Image prompts: CLIP-vision encodings of reference images (positive) and their unconditional counterparts
+(negative), adapter independent, and the ways several images combine before projection."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import torch
+
+from .errors import IPAdapterError
+from .spec import ClipOutput
+
+COMBINE_METHODS = ("concat", "add", "subtract", "average", "norm average")
+
+
+@dataclass(frozen=True)
+class ClipEncoding:
+    """CLIP-vision outputs of N images.
+
+    Attributes:
+        image_embeds: pooled, projected CLS embeddings. Shape: (N, P).
+        hidden_states: penultimate encoder layer, every token. Shape: (N, T, H); None if not kept.
+    """
+
+    image_embeds: torch.Tensor
+    hidden_states: torch.Tensor | None
+
+    @property
+    def num_images(self) -> int:
+        return self.image_embeds.shape[0]
+
+    def output(self, which: ClipOutput) -> torch.Tensor | None:
+        """The tensor a projection consumes."""
+        return self.image_embeds if which is ClipOutput.IMAGE_EMBEDS else self.hidden_states
+
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> ClipEncoding:
+        """Apply `fn` to every tensor (image axis first)."""
+        hidden = None if self.hidden_states is None else fn(self.hidden_states)
+        return ClipEncoding(fn(self.image_embeds), hidden)
+
+
+@dataclass(frozen=True)
+class ImagePrompt:
+    """The `IMAGE_PROMPT` value: positive encodings of the reference images and the negative (unconditional) ones.
+
+    The reference convention for the negative is zeros for `image_embeds` and the encoding of an all-zero
+    *normalised* pixel tensor for `hidden_states` (what the adapters saw when the image was dropped in training).
+    """
+
+    positive: ClipEncoding
+    negative: ClipEncoding
+
+    @property
+    def num_images(self) -> int:
+        return self.positive.num_images
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> ImagePrompt:
+        return ImagePrompt(*(e.map(lambda t: t.to(device=device, dtype=dtype)) for e in (self.positive, self.negative)))
+
+
+def fit_images(t: torch.Tensor, n: int) -> torch.Tensor:
+    """Repeat the last image or drop the surplus so that `t` has exactly `n` images (axis 0)."""
+    if t.shape[0] >= n:
+        return t[:n]
+    return torch.cat([t, t[-1:].expand(n - t.shape[0], *t.shape[1:])], dim=0)
+
+
+def _subtract(t: torch.Tensor) -> torch.Tensor:
+    rest = t[1:].mean(dim=0, keepdim=True) if t.shape[0] > 1 else torch.zeros_like(t[:1])
+    return t[:1] - rest
+
+
+def _norm_average(t: torch.Tensor) -> torch.Tensor:
+    # Element-wise norm across the image axis (not a per-vector L2), as users of the peer pack know it.
+    return (t / torch.linalg.vector_norm(t, dim=0, keepdim=True)).mean(dim=0, keepdim=True)
+
+
+_REDUCERS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "add": lambda t: t.sum(dim=0, keepdim=True),
+    "subtract": _subtract,
+    "average": lambda t: t.mean(dim=0, keepdim=True),
+    "norm average": _norm_average,
+}
+
+
+def combine(prompt: ImagePrompt, method: str) -> ImagePrompt:
+    """Combine several reference images in CLIP space before projection.
+
+    "concat" keeps them all (their tokens later attend jointly, one softmax) and fits the negative to the same
+    count; the other methods reduce the positive to one image and keep the first negative.
+    """
+    if method == "concat":
+        n = prompt.num_images
+        return replace(prompt, negative=prompt.negative.map(lambda t: fit_images(t, n)))
+    if method not in _REDUCERS:
+        raise IPAdapterError(f"Unknown combine method '{method}'; choose one of {', '.join(COMBINE_METHODS)}.")
+    return ImagePrompt(prompt.positive.map(_REDUCERS[method]), prompt.negative.map(lambda t: t[:1]))

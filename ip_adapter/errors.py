@@ -1,0 +1,23 @@
+"""The pack's exception family: every failure a user can cause names the file or the mismatch and the fix."""
+
+from __future__ import annotations
+
+
+class IPAdapterError(Exception):
+    """Base class of every error the pack raises on purpose."""
+
+
+class CheckpointFormatError(IPAdapterError, ValueError):
+    """A file that cannot be read as an IP-Adapter checkpoint (corrupt, truncated, wrong kind, unknown layout)."""
+
+
+class UnsafeCheckpointError(CheckpointFormatError):
+    """A pickle that asks to run code or build objects other than tensors; nothing in it was executed."""
+
+
+class IncompatibleModelError(IPAdapterError, ValueError):
+    """An adapter that does not fit the diffusion model it is applied to (SD1.5 vs SDXL, layer widths)."""
+
+
+class IncompatibleEncodingError(IPAdapterError, ValueError):
+    """An image encoding that does not fit the adapter (wrong CLIP vision model, missing hidden states)."""

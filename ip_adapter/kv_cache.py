@@ -1,0 +1,42 @@
+"""Image keys and values per layer: they depend only on the image tokens, so they are computed once per sampling
+run (per device and dtype), not once per step."""
+
+from __future__ import annotations
+
+import torch
+
+from .adapter import IPAdapter
+
+POSITIVE_ROW, NEGATIVE_ROW = 0, 1
+
+
+class ImageKV:
+    """Lazily computed `to_k_ip` / `to_v_ip` projections of one adapter's positive and negative tokens.
+
+    Args:
+        adapter: the loaded adapter.
+        positive: tokens of the conditional rows. Shape: (1, T, C).
+        negative: tokens of the unconditional rows. Shape: (1, T, C).
+    """
+
+    def __init__(self, adapter: IPAdapter, positive: torch.Tensor, negative: torch.Tensor) -> None:
+        self.adapter = adapter
+        self.tokens = torch.cat([positive, negative], dim=0)
+        self._cache: dict[tuple[int, torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @property
+    def num_tokens(self) -> int:
+        return self.tokens.shape[1]
+
+    def get(self, index: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V of layer `index`, each of shape (2, T, width): row 0 positive, row 1 negative."""
+        key = (index, torch.device(device), dtype)
+        if key not in self._cache:
+            with torch.no_grad():
+                k, v = self.adapter.project_kv(index, self.tokens)
+            self._cache[key] = (k.to(device=device, dtype=dtype), v.to(device=device, dtype=dtype))
+        return self._cache[key]
+
+    def clear(self) -> None:
+        """Drop every cached K/V (e.g. when the model is offloaded)."""
+        self._cache.clear()
