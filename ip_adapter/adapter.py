@@ -112,7 +112,7 @@ class IPAdapter(nn.Module):
 
     def project_kv(self, index: int, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Image keys and values of layer `index`: (B, T, C) -> two (B, T, width)."""
-        return self.layers.project_kv(index, tokens.to(self.device, self.dtype))
+        return self.layers.project_kv(index, tokens)
 
 
 def load_ip_adapter(

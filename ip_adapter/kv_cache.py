@@ -37,6 +37,12 @@ class ImageKV:
             self._cache[key] = (k.to(device=device, dtype=dtype), v.to(device=device, dtype=dtype))
         return self._cache[key]
 
+    def keep_only(self, device: torch.device | str) -> None:
+        """Drop cached K/V held on any other device (called when the model moves, e.g. on offload)."""
+        device = torch.device(device)
+        for key in [k for k in self._cache if k[1] != device]:
+            del self._cache[key]
+
     def clear(self) -> None:
         """Drop every cached K/V (e.g. when the model is offloaded)."""
         self._cache.clear()

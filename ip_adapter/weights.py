@@ -56,7 +56,10 @@ class LayerWeights(nn.ModuleDict):
     def project_kv(self, index: int, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """tokens: (B, T, C) -> image keys and values (B, T, width) for layer `index`."""
         layer = self[str(index)]
-        return layer["to_k_ip"](tokens), layer["to_v_ip"](tokens)
+        # Weights may sit on different devices when the host loads the adapter partially (low VRAM).
+        k_proj, v_proj = layer["to_k_ip"], layer["to_v_ip"]
+        k = k_proj(tokens.to(k_proj.weight.device, k_proj.weight.dtype))
+        return k, v_proj(tokens.to(v_proj.weight.device, v_proj.weight.dtype))
 
     def width(self, index: int) -> int:
         """Inner dim of layer `index` (rows of its to_k_ip)."""

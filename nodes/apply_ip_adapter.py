@@ -1,0 +1,111 @@
+"""ApplyIPAdapter: MODEL + IP_ADAPTER + IMAGE_PROMPT -> a patched clone of MODEL."""
+
+from __future__ import annotations
+
+import torch
+
+from ..ip_adapter import COMBINE_METHODS, EMBEDS_SCALING, ImageKV, ImagePrompt, IncompatibleEncodingError, combine
+from ..ip_adapter.layout import UNetLayout
+from ..ip_adapter.weight_types import WEIGHT_TYPES, LayerRule, layer_schedule
+from .loaded import LoadedAdapter
+from .model_checks import check_model
+from .patch import AdapterEntry, IPAdapterAttn2Patch
+
+WEIGHT_RANGE = {"default": 1.0, "min": -1.0, "max": 5.0, "step": 0.05}
+PERCENT = {"min": 0.0, "max": 1.0, "step": 0.001}
+
+
+def image_tokens(loaded: LoadedAdapter, prompt: ImagePrompt, method: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positive and negative tokens, all images joined on the token axis (one softmax). Shapes: (1, N*T, C)."""
+    adapter = loaded.adapter
+    if adapter.spec.is_faceid:
+        raise IncompatibleEncodingError(
+            f"'{adapter.name}' is a {adapter.spec.kind} adapter: it needs InsightFace face embeddings, which "
+            "Encode Image Prompt does not produce. Use a non-FaceID adapter with this node.")
+    combined = combine(prompt, method)
+    which = adapter.spec.clip_output
+    with torch.no_grad():
+        pos, neg = (adapter.project(enc.output(which)) for enc in (combined.positive, combined.negative))
+    width = adapter.spec.cross_attention_dim
+    return pos.reshape(1, -1, width), neg.reshape(1, -1, width)
+
+
+def layer_rules(weight_type: str, layout: UNetLayout) -> dict[int, LayerRule]:
+    """Checkpoint index -> rule, for the layers `weight_type` patches."""
+    schedule = layer_schedule(weight_type, layout)
+    return {layer.checkpoint_index: schedule[layer.transformer_index]
+            for layer in layout.layers if layer.transformer_index in schedule}
+
+
+def as_mask(attn_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """MASK (H, W) or (M, H, W) -> float (M, H, W) on the CPU."""
+    if attn_mask is None:
+        return None
+    mask = attn_mask if attn_mask.dim() == 3 else attn_mask[None]
+    return mask.float().cpu()
+
+
+def patch_model(model, layout: UNetLayout, entry: AdapterEntry):
+    """Clone `model` and register a new patch on every layer `entry` touches (copy-on-write stacking)."""
+    patched = model.clone()
+    replace = patched.model_options["transformer_options"].get("patches_replace", {}).get("attn2", {})
+    for layer in layout.layers:
+        if layer.checkpoint_index not in entry.rules:
+            continue
+        key = layer.patch_key
+        existing = replace.get(key, replace.get(key[:2]))
+        if getattr(existing, "is_ip_adapter_patch", False):
+            new = existing.stacked(entry)
+        else:
+            new = IPAdapterAttn2Patch(layer.checkpoint_index, (entry,), base=existing)
+        patched.set_model_attn2_replace(new, *key)
+    return patched
+
+
+class ApplyIPAdapter:
+    DESCRIPTION = (
+        "Adds an image prompt to a model through IP-Adapter's decoupled cross-attention, on every cross-attention "
+        "layer including the middle block. Returns a patched copy; the input model is unchanged. Chain several "
+        "Apply IP-Adapter nodes to stack adapters; order with LoRA and ControlNet does not matter."
+    )
+    CATEGORY = "ip_adapter"
+    FUNCTION = "apply"
+    RETURN_TYPES = ("MODEL",)
+    OUTPUT_TOOLTIPS = ("The model with the image prompt patched in.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "An SD1.5 or SDXL model (LoRA and other patches may come before)."}),
+                "ipadapter": ("IP_ADAPTER", {"tooltip": "From Load IP-Adapter; must match the model's family."}),
+                "image_prompt": ("IMAGE_PROMPT", {"tooltip": "From Encode Image Prompt, with the CLIP vision "
+                                                             "model the adapter expects."}),
+                "weight": ("FLOAT", {**WEIGHT_RANGE, "tooltip": "Strength of the image prompt; 0 turns it off."}),
+                "weight_type": (list(WEIGHT_TYPES), {"tooltip": "How the weight is spread over the UNet's layers "
+                                "(style / composition types patch only some layers)."}),
+                "combine_images": (list(COMBINE_METHODS), {"tooltip": "Several reference images: concat attends "
+                                   "to all jointly; the others merge their encodings first."}),
+                "start_at": ("FLOAT", {**PERCENT, "default": 0.0, "tooltip": "Fraction of sampling where it starts."}),
+                "end_at": ("FLOAT", {**PERCENT, "default": 1.0, "tooltip": "Fraction of sampling where it stops."}),
+                "embeds_scaling": (list(EMBEDS_SCALING), {"tooltip": "V only is the original IP-Adapter scale; "
+                                   "K+V variants apply the weight inside the attention."}),
+            },
+            "optional": {
+                "attn_mask": ("MASK", {"tooltip": "Where the image prompt acts (white = full strength), in the "
+                                                  "latent's aspect ratio."}),
+            },
+        }
+
+    def apply(self, model, ipadapter: LoadedAdapter, image_prompt: ImagePrompt, weight: float, weight_type: str,
+              combine_images: str, start_at: float, end_at: float, embeds_scaling: str,
+              attn_mask: torch.Tensor | None = None) -> tuple:
+        layout = check_model(model, ipadapter.adapter)
+        if weight == 0:
+            return (model.clone(),)
+        positive, negative = image_tokens(ipadapter, image_prompt, combine_images)
+        sampling = model.get_model_object("model_sampling")
+        entry = AdapterEntry(ipadapter, ImageKV(ipadapter.adapter, positive, negative),
+                             layer_rules(weight_type, layout), weight, float(sampling.percent_to_sigma(start_at)),
+                             float(sampling.percent_to_sigma(end_at)), embeds_scaling, as_mask(attn_mask))
+        return (patch_model(model, layout, entry),)

@@ -1,0 +1,62 @@
+"""Checks that an adapter fits the UNet it is applied to, before any sampling starts."""
+
+from __future__ import annotations
+
+from comfy.ldm.modules.attention import SpatialTransformer
+from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+from ..ip_adapter import IncompatibleModelError, IPAdapter
+from ..ip_adapter.layout import LAYOUTS, BaseFamily, UNetLayout
+
+FAMILY_BY_CONTEXT = {layout.cross_attention_dim: family for family, layout in LAYOUTS.items()}
+
+
+def _transformers(block) -> list[SpatialTransformer]:
+    return [m for m in block.children() if isinstance(m, SpatialTransformer)]
+
+
+def attn2_widths(unet: UNetModel) -> dict[tuple[str, int, int], int]:
+    """Every attn2 patch key of a ComfyUI UNet with its inner width (heads * dim_head)."""
+    groups = [("input", i, b) for i, b in enumerate(unet.input_blocks)]
+    groups += [("middle", 0, unet.middle_block)]
+    groups += [("output", i, b) for i, b in enumerate(unet.output_blocks)]
+    widths = {}
+    for name, number, block in groups:
+        for st in _transformers(block):
+            for j, tb in enumerate(st.transformer_blocks):
+                widths[(name, number, j)] = tb.attn2.to_k.out_features
+    return widths
+
+
+def _family_name(context_dim: int) -> str:
+    family = FAMILY_BY_CONTEXT.get(context_dim)
+    return family.value if family else f"a model with context width {context_dim}"
+
+
+def check_model(model, adapter: IPAdapter) -> UNetLayout:
+    """Raise IncompatibleModelError naming both sides and the fix unless `adapter` fits `model`'s UNet."""
+    spec, name = adapter.spec, adapter.name
+    unet = getattr(model.model, "diffusion_model", None)
+    if not isinstance(unet, UNetModel):
+        raise IncompatibleModelError(
+            f"'{name}' patches SD1.5/SDXL UNets, but this model is a {type(unet).__name__}. Use a model from "
+            "the SD1.5 or SDXL family.")
+    context = model.model.model_config.unet_config.get("context_dim")
+    if context != spec.cross_attention_dim:
+        wanted = "SDXL" if spec.family is BaseFamily.SD15 else "SD1.5"
+        raise IncompatibleModelError(
+            f"'{name}' is an {spec.family.value} adapter (cross-attention dim {spec.cross_attention_dim}) but the "
+            f"model is {_family_name(context)} ({context}); load an adapter made for that model, or a "
+            f"{spec.family.value} checkpoint (not {wanted}).")
+    layout = LAYOUTS[spec.family]
+    widths = attn2_widths(unet)
+    for layer in layout.layers:
+        found = widths.get(layer.patch_key)
+        expected = adapter.layers.width(layer.checkpoint_index)
+        if found != expected:
+            seen = "has no such layer" if found is None else f"has width {found}"
+            raise IncompatibleModelError(
+                f"'{name}' layer {layer.checkpoint_index} targets attn2 {layer.patch_key} of width {expected}, but "
+                f"the model {seen}. The model's UNet does not have the standard {spec.family.value} layout "
+                "(a pruned or distilled variant?); use an adapter trained for it.")
+    return layout
