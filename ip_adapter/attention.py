@@ -22,6 +22,7 @@ NEGATIVE_CHUNK = 1
 EMBEDS_SCALING = ("V only", "K+V", "K+V w/ C penalty", "K+mean(V) w/ C penalty")
 #: The C-penalty modes scale a layer's weight by its width relative to the widest SD layers.
 C_PENALTY_WIDTH = 1280
+GRID_EPS = 1e-6
 
 
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
@@ -126,7 +127,8 @@ def mask_for_queries(mask: torch.Tensor, num_queries: int, latent_hw: tuple[int,
         does not tile `num_queries` exactly.
     """
     lh, lw = latent_hw
-    grid_h = max(1, int(lh / math.sqrt(lh * lw / num_queries)))
+    # The epsilon keeps float error in the square root from truncating an exact grid height (4.0 -> 3).
+    grid_h = max(1, int(lh / math.sqrt(lh * lw / num_queries) + GRID_EPS))
     grid_h += int(num_queries % grid_h != 0)
     grid_w = num_queries // grid_h
     resized = F.interpolate(mask[:, None].float(), size=(grid_h, grid_w), mode="bilinear")

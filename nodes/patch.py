@@ -66,7 +66,7 @@ class AdapterEntry:
         rule = self.rules.get(index)
         if rule is None or self.weight * rule.factor == 0 or not self.active(extra):
             return None
-        chunks = list(extra["cond_or_uncond"])
+        chunks = _chunks(extra, q.shape[0])
         rows = q.shape[0] // len(chunks)
         k2, v2 = self.kv.get(index, q.device, q.dtype)
         k2, v2, out_weight = scale_embeds(k2, v2, self.weight * rule.factor, self.embeds_scaling)
@@ -79,6 +79,13 @@ class AdapterEntry:
         if rule.swap:
             mask = _swap_row_mask(chunks, rows, q) if mask is None else mask * _swap_row_mask(chunks, rows, q)
         return ImageTerm(k, v, out_weight, mask)
+
+
+def _chunks(extra: dict, batch: int) -> list[int]:
+    """The batch's chunk kinds; without the sampler's `cond_or_uncond` (a direct model call), every row is
+    conditional."""
+    chunks = list(extra.get("cond_or_uncond") or [])
+    return chunks if chunks and batch % len(chunks) == 0 else [0]
 
 
 def _swap_row_mask(chunks: list[int], rows: int, q: torch.Tensor) -> torch.Tensor:
