@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 import torch
 from torch import nn
@@ -34,6 +35,18 @@ def _load_strict(module: nn.Module, sd: dict[str, torch.Tensor], name: str, grou
         ) from e
 
 
+def _build(make: Callable[[], nn.Module], name: str, what: str) -> nn.Module:
+    """Build a module on the meta device; a key its builder needs but the file lacks becomes a format error."""
+    try:
+        with torch.device("meta"):
+            return make()
+    except KeyError as e:
+        raise CheckpointFormatError(
+            f"'{name}': the {what} lacks key '{e.args[0]}'. The file is incomplete or a non-standard export; "
+            "download the official file again."
+        ) from e
+
+
 class IPAdapter(nn.Module):
     """An IP-Adapter checkpoint ready to compute image tokens and per-layer image keys/values."""
 
@@ -51,9 +64,9 @@ class IPAdapter(nn.Module):
         spec = detect(groups.image_proj, groups.ip_adapter, groups.name)
         cast = {g: {k: v.to(device=device, dtype=dtype) for k, v in getattr(groups, g).items()}
                 for g in ("image_proj", "ip_adapter")}
-        with torch.device("meta"):
-            image_proj = _PROJECTIONS[spec.projection].from_state_dict(cast["image_proj"])
-            layers = LayerWeights.from_state_dict(cast["ip_adapter"])
+        image_proj = _build(lambda: _PROJECTIONS[spec.projection].from_state_dict(cast["image_proj"]),
+                            groups.name, f"{spec.projection.value} projection ('image_proj' group)")
+        layers = _build(lambda: LayerWeights.from_state_dict(cast["ip_adapter"]), groups.name, "'ip_adapter' group")
         _load_strict(image_proj, cast["image_proj"], groups.name, "image_proj")
         _load_strict(layers, cast["ip_adapter"], groups.name, "ip_adapter")
         return cls(spec, image_proj, layers, groups.name).requires_grad_(False).eval()
