@@ -158,11 +158,17 @@ def flat(groups: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
 
 
 def random_groups(image_proj: Shapes, widths: Sequence[int], cross: int, seed: int = 0,
-                  extra: Callable[[], Shapes] | None = None) -> dict[str, dict[str, torch.Tensor]]:
-    """A small random adapter: `image_proj` from the given shapes, one to_k_ip/to_v_ip per width."""
+                  extra: Callable[[], Shapes] | None = None,
+                  layer_scale: float | None = None) -> dict[str, dict[str, torch.Tensor]]:
+    """A small random adapter: `image_proj` from the given shapes, one to_k_ip/to_v_ip per width.
+
+    `layer_scale` (default: the projections' 0.2) sets the std of to_k_ip/to_v_ip; wide contexts need about
+    1/sqrt(cross) to keep attention logits in a realistic, well-conditioned range.
+    """
     g = torch.Generator().manual_seed(seed)
     ad_shapes = layer_shapes(widths, cross)
     if extra is not None:
         ad_shapes.update(extra())
+    ip_scale = {} if layer_scale is None else {"scale": layer_scale}
     return {"image_proj": materialize(image_proj, "cpu", generator=g),
-            "ip_adapter": materialize(ad_shapes, "cpu", generator=g)}
+            "ip_adapter": materialize(ad_shapes, "cpu", generator=g, **ip_scale)}
