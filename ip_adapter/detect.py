@@ -1,12 +1,11 @@
 """Detect an adapter's kind from tensor shapes and validate its `ip_adapter` layer group.
 
-Rules (checkpoints.md §5.2); the file name is consulted only where two layouts are identical, and this table says so:
+Rules (checkpoints.md §5.2); the file name is consulted only where two layouts are identical:
 
-| layout | kind from the name |
-|---|---|
-| ImageProjModel | "light" if the name contains "light"; "vit-g" for an SD1.5 adapter fed by ViT-bigG; else "base" |
-| Resampler | "faceid-portrait-unnorm" if its input is 512 wide or the name contains "unnorm"; "plus-face" if the name contains "face"; "composition" if it contains "composition"; else "plus" |
-| ProjPlusModel | "faceid-plusv2" (shortcut on) if the name contains "plusv2"; else "faceid-plus" |
+- ImageProjModel: "light" if the name contains "light"; "vit-g" for an SD1.5 adapter fed by ViT-bigG; else "base".
+- Resampler: "faceid-portrait-unnorm" if its input is 512 wide or the name contains "unnorm"; "plus-face" if the
+  name contains "face"; "composition" if it contains "composition"; else "plus".
+- ProjPlusModel: "faceid-plusv2" (shortcut on) if the name contains "plusv2"; else "faceid-plus".
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from pathlib import PurePath
 from .errors import CheckpointFormatError
 from .layout import LAYOUT_BY_LAYER_COUNT, SD15_LAYOUT, SDXL_LAYOUT, BaseFamily
 from .spec import CLIP_TOKENS, FACE_ID_DIM, AdapterSpec, ClipOutput, ProjectionType
-from .statedict import StateDict, shape_of, sub_dict
+from .statedict import StateDict, shape_of
 
 _IP_KEY = re.compile(r"^(\d+)\.(to_k_ip|to_v_ip)\.weight$")
 _LORA_KEY = re.compile(r"^(\d+)\.(to_q_lora|to_k_lora|to_v_lora|to_out_lora)\.(down|up)\.weight$")

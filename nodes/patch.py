@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-import torch
 import comfy.ldm.modules.attention as comfy_attention
+import torch
 
 from ..ip_adapter import ImageKV, ImageTerm, mask_for_queries, rows_for_chunks, scale_embeds
 from ..ip_adapter.attention import NEGATIVE_CHUNK, image_attention

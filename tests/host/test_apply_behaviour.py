@@ -9,8 +9,20 @@ import pytest
 import torch
 
 from ip_adapter.layout import LAYOUTS
-from tests.host.ipa_setup import (FAMILY, SIGMA, PackNodes, adapter_groups, apply, latent, reference_images,
-                                  text_conds, twin_batch_eps, twin_clip_inputs, twin_with_adapters, write_adapter)
+from tests.host.ipa_setup import (
+    FAMILY,
+    SIGMA,
+    PackNodes,
+    adapter_groups,
+    apply,
+    latent,
+    reference_images,
+    text_conds,
+    twin_batch_eps,
+    twin_clip_inputs,
+    twin_with_adapters,
+    write_adapter,
+)
 from tests.host.predict import host_eps
 from tests.host.tiny_models import build_tiny_clip_vision, unet_lora_state_dict
 

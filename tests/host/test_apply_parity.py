@@ -10,9 +10,20 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.host.ipa_setup import (PackNodes, adapter_groups, apply, latent, reference_images, text_conds,
-                                  twin_batch_eps, twin_clip_inputs, twin_ip_eps, twin_with_adapters, write_adapter,
-                                  SIGMA)
+from tests.host.ipa_setup import (
+    SIGMA,
+    PackNodes,
+    adapter_groups,
+    apply,
+    latent,
+    reference_images,
+    text_conds,
+    twin_batch_eps,
+    twin_clip_inputs,
+    twin_ip_eps,
+    twin_with_adapters,
+    write_adapter,
+)
 from tests.host.predict import host_eps
 
 TOLERANCE = 1e-4
