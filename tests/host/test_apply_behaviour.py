@@ -203,3 +203,12 @@ def test_loader_reuses_a_loaded_file_and_hooks_follow_the_host(nodes, sd15_setup
     patch = next(iter(_attn2(apply(nodes, unet.patcher, adapter, prompt)).values()))
     assert patch.to(torch.float16) is patch and adapter.adapter.dtype == torch.float32
     assert patch.models() == [adapter.patcher]
+
+
+def test_adapter_weights_are_loaded_by_the_host_model_management(nodes, sd15_setup):
+    import comfy.model_management as mm
+
+    unet, _, adapter, prompt = sd15_setup
+    _eps(apply(nodes, unet.patcher, adapter, prompt).clone().clone(), unet)
+    loaded = [m.model for m in mm.current_loaded_models]
+    assert any(m is adapter.patcher for m in loaded)  # the very patcher the loader made, not a clone's copy

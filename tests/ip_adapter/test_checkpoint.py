@@ -316,3 +316,12 @@ def test_read_checkpoint_keeps_the_file_tensors(tmp_path: Path) -> None:
         got = getattr(read, group)
         assert got.keys() == groups[group].keys()
         assert all(torch.equal(got[k], groups[group][k]) for k in got)
+
+
+def test_loading_in_the_file_dtype_adopts_the_read_tensors_without_copies(tmp_path: Path) -> None:
+    groups = read_checkpoint(_save_safetensors(tmp_path / "nocopy.safetensors", flat(_groups())))
+    adapter = IPAdapter.from_groups(groups, dtype=torch.float32)
+    read = {t.data_ptr() for g in (groups.image_proj, groups.ip_adapter) for t in g.values()}
+    assert {p.data_ptr() for p in adapter.parameters()} == read
+    cast = IPAdapter.from_groups(groups, dtype=torch.float16)
+    assert not {p.data_ptr() for p in cast.parameters()} & read
