@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from PIL import Image
 from tests.host import graph
 from tests.host.ipa_setup import adapter_groups, write_adapter
 from tests.host.tiny_controlnet import PREFIX, controlnet_keys, controlnet_state_dict
-from tests.host.tiny_models import SD15, TinyUNet
+from tests.host.tiny_models import SD15, SDXL, TinyUNet
 
 PIXELS = 64  # 8x8 latent
 LATENT_SIDE = PIXELS // 8
@@ -36,7 +37,7 @@ EXACT = 1e-6
 #: The smallest change in the latent / the decoded image (0..1) that counts as an effect.
 MIN_LATENT_EFFECT = 1e-2
 MIN_IMAGE_EFFECT = 1e-3
-#: Every patched key of the second (style transfer) adapter carries both adapters.
+#: Entries of a key patched by both adapters (the second one, style transfer, patches only some layers).
 STACKED = 2
 WORKFLOWS = sorted((Path(__file__).parents[2] / "workflows").glob("*.json"))
 #: Widget value types of INPUT_TYPES entries (anything else is a socket).
@@ -65,6 +66,15 @@ class Switches:
     control_strength: float = 1.0
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """What one run of the full graph produced: the sampled latent, the decoded image, the saved PNG (0..255)."""
+
+    latent: torch.Tensor
+    image: torch.Tensor
+    png: np.ndarray
+
+
 @pytest.fixture(scope="module")
 def controlnet_sd(tiny_sd15: TinyUNet) -> dict[str, torch.Tensor]:
     return controlnet_state_dict(tiny_sd15, seed=3)
@@ -84,6 +94,27 @@ def files(host_models, host_pack, tiny_sd15, tiny_sdxl, tiny_clip_vision, contro
         plus_adapter=adapter("plus", tiny_sd15, seed=2),
         sdxl_adapter=adapter("base", tiny_sdxl, seed=1),
     )
+
+
+@pytest.fixture(scope="module")
+def runner(comfy_host, tiny_clip_vision) -> graph.GraphRunner:
+    """One executor for the module's graphs (what host_graph gives per test), so unchanged loaders stay cached
+    between the variants, as they do in the UI."""
+    graph.register_harness_nodes(lambda: tiny_clip_vision.host)
+    return graph.GraphRunner()
+
+
+@pytest.fixture(scope="module")
+def run_full(runner, files, comfy_host) -> Callable[[Switches], Outcome]:
+    """Runs the full graph with some parts switched off; each variant runs once per module."""
+    done: dict[Switches, Outcome] = {}
+
+    def run(switches: Switches) -> Outcome:
+        if switches not in done:
+            done[switches] = _outcome(runner.run(full_graph(files, switches)), comfy_host.scratch / "output")
+        return done[switches]
+
+    return run
 
 
 def _node(class_type: str, **inputs: object) -> dict:
@@ -132,13 +163,6 @@ def full_graph(files: GraphFiles, switches: Switches = Switches(), first_adapter
     return prompt
 
 
-@dataclass(frozen=True)
-class Outcome:
-    latent: torch.Tensor
-    image: torch.Tensor
-    png: np.ndarray
-
-
 def _saved_png(result: graph.GraphResult, output_dir: Path) -> np.ndarray:
     saved = result.ui["save"]["images"]
     assert len(saved) == 1
@@ -149,8 +173,7 @@ def _saved_png(result: graph.GraphResult, output_dir: Path) -> np.ndarray:
         return np.asarray(png.convert("RGB"), dtype=np.int16)
 
 
-def run_full(runner: graph.GraphRunner, files: GraphFiles, output_dir: Path, switches: Switches) -> Outcome:
-    result = runner.run(full_graph(files, switches))
+def _outcome(result: graph.GraphResult, output_dir: Path) -> Outcome:
     return Outcome(latent=result.output("sample")["samples"].clone(), image=result.output("decode").clone(),
                    png=_saved_png(result, output_dir))
 
@@ -166,58 +189,56 @@ def _attn2(model) -> dict:
 
 # The tiny ControlNet.
 
-def test_tiny_controlnet_loads_completely_in_the_host(comfy_host, controlnet_sd) -> None:
+@pytest.mark.parametrize("kind", [SD15, SDXL])
+def test_tiny_controlnet_loads_completely_in_the_host(kind: str, comfy_host, request: pytest.FixtureRequest) -> None:
     import comfy.controlnet
 
-    assert any(k.startswith(f"{PREFIX}zero_convs.") for k in controlnet_sd)
-    zero_convs = [v for k, v in controlnet_sd.items() if ".zero_convs." in k or ".middle_block_out." in k]
-    assert all(v.abs().max() > 0 for v in zero_convs)
-    control = comfy.controlnet.load_controlnet_state_dict(dict(controlnet_sd))
+    unet = request.getfixturevalue(f"tiny_{kind}")
+    state_dict = request.getfixturevalue("controlnet_sd") if kind == SD15 else controlnet_state_dict(unet, seed=3)
+    residual_convs = [v for k, v in state_dict.items() if ".zero_convs." in k or ".middle_block_out." in k]
+    assert residual_convs and all(v.abs().max() > 0 for v in residual_convs)
+    control = comfy.controlnet.load_controlnet_state_dict(dict(state_dict))
     assert type(control) is comfy.controlnet.ControlNet
     loaded = control.control_model.state_dict()
-    assert set(loaded) == controlnet_keys(controlnet_sd)
-    assert all(torch.equal(loaded[k], controlnet_sd[PREFIX + k].to(loaded[k].dtype)) for k in loaded)
+    assert set(loaded) == controlnet_keys(state_dict)
+    assert all(torch.equal(loaded[k], state_dict[PREFIX + k].to(loaded[k].dtype)) for k in loaded)
 
 
 # The full graph.
 
-def test_full_graph_runs_and_saves_a_png(host_graph, files, comfy_host) -> None:
+def test_full_graph_runs_and_saves_a_png(runner, files, comfy_host) -> None:
     import comfy.controlnet
 
-    result = host_graph.run(full_graph(files))
+    result = runner.run(full_graph(files))
     assert result.success
     assert result.output("ckpt", 1) is None and result.output("lora", 1) is None  # no text encoder in the file
     assert len(result.output("lora").patches) == 16  # the LoRA's attn2.to_k patches
     assert isinstance(result.output("cn_load"), comfy.controlnet.ControlNet)
     first, both = _attn2(result.output("ipa1")), _attn2(result.output("ipa2"))
     assert len(first) == 16 and all(len(p.entries) == 1 for p in first.values())
-    assert any(len(p.entries) == STACKED for p in both.values())
+    stacked = {key for key, patch in both.items() if len(patch.entries) == STACKED}
+    assert set(both) == set(first) and 0 < len(stacked) < len(both)  # style transfer stacks on some layers only
+    assert all(len(both[key].entries) == 1 for key in set(both) - stacked)
     samples = result.output("sample")["samples"]
     assert samples.shape == (1, 4, LATENT_SIDE, LATENT_SIDE) and torch.isfinite(samples).all()
     assert result.output("decode").shape == (1, PIXELS, PIXELS, 3)
     _saved_png(result, comfy_host.scratch / "output")
 
 
-def test_adapters_change_the_result_and_weight_zero_is_a_no_op(host_graph, files, comfy_host) -> None:
-    output_dir = comfy_host.scratch / "output"
-    on = run_full(host_graph, files, output_dir, Switches(weights=(1.0, 1.0)))
-    zero = run_full(host_graph, files, output_dir, Switches(weights=(0.0, 0.0)))
-    without = run_full(host_graph, files, output_dir, Switches(weights=None))
+def test_adapters_change_the_result_and_weight_zero_is_a_no_op(run_full) -> None:
+    on, zero, without = (run_full(Switches(weights=w)) for w in ((1.0, 1.0), (0.0, 0.0), None))
     assert _differ(zero, without)["latent"] <= EXACT
     effect = _differ(on, zero)
     assert effect["latent"] > MIN_LATENT_EFFECT and effect["image"] > MIN_IMAGE_EFFECT and effect["png"] > 0, effect
 
 
-def test_controlnet_changes_the_result(host_graph, files, comfy_host) -> None:
-    output_dir = comfy_host.scratch / "output"
-    with_control = run_full(host_graph, files, output_dir, Switches(control_strength=1.0))
-    without_control = run_full(host_graph, files, output_dir, Switches(control_strength=0.0))
-    effect = _differ(with_control, without_control)
+def test_controlnet_changes_the_result(run_full) -> None:
+    effect = _differ(run_full(Switches(control_strength=1.0)), run_full(Switches(control_strength=0.0)))
     assert effect["latent"] > MIN_LATENT_EFFECT and effect["image"] > MIN_IMAGE_EFFECT and effect["png"] > 0, effect
 
 
-def test_sdxl_adapter_on_sd15_checkpoint_fails_in_the_executor(host_graph, files) -> None:
-    result = host_graph.run(full_graph(files, first_adapter=files.sdxl_adapter), check=False)
+def test_sdxl_adapter_on_sd15_checkpoint_fails_in_the_executor(runner, files) -> None:
+    result = runner.run(full_graph(files, first_adapter=files.sdxl_adapter), check=False)
     assert not result.success
     error = result.error()
     assert error is not None and error["node_id"] == "ipa1" and error["node_type"] == "ApplyIPAdapter"

@@ -22,6 +22,7 @@ SHARED_PREFIXES = ("time_embed.", "label_emb.", "input_blocks.", "middle_block."
 CONTROL_PREFIXES = ("input_hint_block.", "zero_convs.", "middle_block_out.")
 # Zero-conv weights are scaled down so the residuals they add are of the order of the UNet's own activations.
 ZERO_CONV_SCALE = 0.5
+BIAS_SCALE = 0.01
 
 
 def _random_like(shape: torch.Size, generator: torch.Generator, scale: float = 1.0) -> torch.Tensor:
@@ -29,14 +30,15 @@ def _random_like(shape: torch.Size, generator: torch.Generator, scale: float = 1
     return torch.randn(shape, generator=generator) * scale / fan_in**0.5
 
 
-def control_only_shapes(unet_part: dict[str, torch.Tensor], hint_channels: int = HINT_CHANNELS) -> dict[str, torch.Size]:
+def control_only_shapes(unet_part: dict[str, torch.Tensor],
+                        hint_channels: int = HINT_CHANNELS) -> dict[str, torch.Size]:
     """Shapes of the ControlNet-only weights for a UNet encoder, read off the host's own ControlNet module built on
-    the meta device from the config the host detects in `unet_part`."""
+    the meta device from the config the host's loader detects in `unet_part` (as load_controlnet_state_dict does)."""
     import comfy.cldm.cldm
     import comfy.model_detection
     import comfy.ops
 
-    config = comfy.model_detection.detect_unet_config(unet_part, "")
+    config = dict(comfy.model_detection.model_config_from_unet(unet_part, "", True).unet_config)
     config.pop("out_channels", None)
     skeleton = comfy.cldm.cldm.ControlNet(hint_channels=hint_channels, device="meta",
                                           operations=comfy.ops.disable_weight_init, **config)
@@ -58,7 +60,7 @@ def controlnet_state_dict(unet: TinyUNet, seed: int = 0, prefix: str = PREFIX,
     out = dict(shared)
     for key in sorted(shapes):
         if key.endswith(".bias"):
-            out[key] = torch.randn(shapes[key], generator=generator) * 0.01
+            out[key] = torch.randn(shapes[key], generator=generator) * BIAS_SCALE
         else:
             scale = ZERO_CONV_SCALE if key.startswith(("zero_convs.", "middle_block_out.")) else 1.0
             out[key] = _random_like(shapes[key], generator, scale)
