@@ -43,11 +43,11 @@ def check_model(model, adapter: IPAdapter) -> UNetLayout:
             "the SD1.5 or SDXL family.")
     context = model.model.model_config.unet_config.get("context_dim")
     if context != spec.cross_attention_dim:
-        wanted = "SDXL" if spec.family is BaseFamily.SD15 else "SD1.5"
+        model_family = _family_name(context)
         raise IncompatibleModelError(
             f"'{name}' is an {spec.family.value} adapter (cross-attention dim {spec.cross_attention_dim}) but the "
-            f"model is {_family_name(context)} ({context}); load an adapter made for that model, or a "
-            f"{spec.family.value} checkpoint (not {wanted}).")
+            f"model is {model_family} ({context}); load an adapter made for {model_family} models, or use an "
+            f"{spec.family.value} checkpoint.")
     layout = LAYOUTS[spec.family]
     widths = attn2_widths(unet)
     for layer in layout.layers:

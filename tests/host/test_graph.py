@@ -39,6 +39,8 @@ MIN_LATENT_EFFECT = 1e-2
 MIN_IMAGE_EFFECT = 1e-3
 #: Entries of a key patched by both adapters (the second one, style transfer, patches only some layers).
 STACKED = 2
+#: img2img / inpainting: how much of the schedule re-noises the encoded image.
+PARTIAL_DENOISE = 0.6
 WORKFLOWS = sorted((Path(__file__).parents[2] / "workflows").glob("*.json"))
 #: Widget value types of INPUT_TYPES entries (anything else is a socket).
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
@@ -64,6 +66,7 @@ class Switches:
 
     weights: tuple[float, float] | None = (1.0, 1.0)
     control_strength: float = 1.0
+    source: str = "txt2img"  # or "img2img" (VAEEncode, denoise < 1) or "inpaint" (plus a left-half noise mask)
 
 
 @dataclass(frozen=True)
@@ -137,10 +140,29 @@ def _adapter_nodes(files: GraphFiles, weights: tuple[float, float], first_adapte
     }
 
 
+def _latent_nodes(source: str) -> tuple[dict, str, float]:
+    """The nodes that make the sampler's input latent, the id of the last one, and the denoise to use."""
+    if source == "txt2img":
+        return {"latent": _node("EmptyLatentImage", width=PIXELS, height=PIXELS, batch_size=1)}, "latent", 1.0
+    made = {"init": _node(graph.IMAGE_NODE, seed=21, width=PIXELS, height=PIXELS, batch=1),
+            "enc": _node("VAEEncode", pixels=["init", 0], vae=["ckpt", 2])}
+    if source == "img2img":
+        return made, "enc", PARTIAL_DENOISE
+    made.update({
+        "canvas": _node("SolidMask", value=0.0, width=PIXELS, height=PIXELS),
+        "half": _node("SolidMask", value=1.0, width=PIXELS // 2, height=PIXELS),
+        "mask": _node("MaskComposite", destination=["canvas", 0], source=["half", 0], x=0, y=0, operation="add"),
+        "inpaint": _node("SetLatentNoiseMask", samples=["enc", 0], mask=["mask", 0]),
+    })
+    return made, "inpaint", PARTIAL_DENOISE
+
+
 def full_graph(files: GraphFiles, switches: Switches = Switches(), first_adapter: str | None = None) -> dict:
     """The whole graph in API format; `first_adapter` replaces the base adapter of "ipa1"."""
     cond = dict(kind=SD15, tokens=77, width=PIXELS, height=PIXELS)
+    latent_nodes, latent, denoise = _latent_nodes(switches.source)
     prompt = {
+        **latent_nodes,
         "ckpt": _node("CheckpointLoaderSimple", ckpt_name=files.checkpoint),
         "lora": _node("LoraLoader", model=["ckpt", 0], clip=["ckpt", 1], lora_name=files.lora, strength_model=1.0,
                       strength_clip=0.0),
@@ -150,10 +172,9 @@ def full_graph(files: GraphFiles, switches: Switches = Switches(), first_adapter
         "hint": _node(graph.IMAGE_NODE, seed=5, width=PIXELS, height=PIXELS, batch=1),
         "cn": _node("ControlNetApplyAdvanced", positive=["pos", 0], negative=["neg", 0], control_net=["cn_load", 0],
                     image=["hint", 0], strength=switches.control_strength, start_percent=0.0, end_percent=1.0),
-        "latent": _node("EmptyLatentImage", width=PIXELS, height=PIXELS, batch_size=1),
         "sample": _node("KSampler", model=["lora", 0], seed=SAMPLER_SEED, steps=STEPS, cfg=CFG, sampler_name="euler",
-                        scheduler="normal", positive=["cn", 0], negative=["cn", 1], latent_image=["latent", 0],
-                        denoise=1.0),
+                        scheduler="normal", positive=["cn", 0], negative=["cn", 1], latent_image=[latent, 0],
+                        denoise=denoise),
         "decode": _node("VAEDecode", samples=["sample", 0], vae=["ckpt", 2]),
         "save": _node("SaveImage", images=["decode", 0], filename_prefix="ipa_graph"),
     }
@@ -230,6 +251,18 @@ def test_adapters_change_the_result_and_weight_zero_is_a_no_op(run_full) -> None
     assert _differ(zero, without)["latent"] <= EXACT
     effect = _differ(on, zero)
     assert effect["latent"] > MIN_LATENT_EFFECT and effect["image"] > MIN_IMAGE_EFFECT and effect["png"] > 0, effect
+
+
+@pytest.mark.parametrize("source", ["img2img", "inpaint"])
+def test_img2img_and_inpainting_graphs(run_full, runner, files, source) -> None:
+    on, zero, without = (run_full(Switches(weights=w, source=source)) for w in ((1.0, 1.0), (0.0, 0.0), None))
+    assert _differ(zero, without)["latent"] <= EXACT
+    assert _differ(on, zero)["latent"] > MIN_LATENT_EFFECT
+    if source == "inpaint":  # outside the mask the sampler keeps the encoded image, adapter or not
+        encoded = runner.run(full_graph(files, Switches(source=source))).output("enc")["samples"]
+        right = (..., slice(LATENT_SIDE // 2, None))
+        assert (on.latent[right] - encoded[right]).abs().max() <= EXACT
+        assert (on.latent - encoded).abs().max() > MIN_LATENT_EFFECT
 
 
 def test_controlnet_changes_the_result(run_full) -> None:
