@@ -6,7 +6,7 @@ from comfy.ldm.modules.attention import SpatialTransformer
 from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
 from ..ip_adapter import IncompatibleModelError, IPAdapter
-from ..ip_adapter.layout import LAYOUTS, BaseFamily, UNetLayout
+from ..ip_adapter.layout import LAYOUTS, UNetLayout
 
 FAMILY_BY_CONTEXT = {layout.cross_attention_dim: family for family, layout in LAYOUTS.items()}
 

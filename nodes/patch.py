@@ -27,7 +27,7 @@ NO_SIGMA = None
 def host_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, extra: dict) -> torch.Tensor:
     """The host's attention, exactly as its own CrossAttention calls it (precision and override hooks kept)."""
     return comfy_attention.optimized_attention(q, k, v, heads, attn_precision=extra.get("attn_precision"),
-                               transformer_options=extra)
+                                               transformer_options=extra)
 
 
 @dataclass(eq=False)
@@ -43,13 +43,23 @@ class AdapterEntry:
     embeds_scaling: str
     mask: torch.Tensor | None  # (M, H, W) in 0..1, latent aspect
     _mask_cache: dict = field(default_factory=dict, repr=False)
+    _window: tuple = field(default=(None, True), repr=False)  # (sigmas tensor of the current step, inside?)
 
     def active(self, extra: dict) -> bool:
+        """Whether the current step's sigma lies in the start_at..end_at window. Every layer of a step sees the same
+        sigmas tensor, so the (device-synchronising) comparison runs once per step, not once per layer."""
         sigmas = extra.get("sigmas")
         if sigmas is NO_SIGMA:
             return True
-        sigma = float(sigmas.flatten()[0])
-        return self.sigma_end <= sigma <= self.sigma_start
+        if self._window[0] is not sigmas:
+            sigma = float(sigmas.flatten()[0])
+            self._window = (sigmas, self.sigma_end <= sigma <= self.sigma_start)
+        return self._window[1]
+
+    def keep_only(self, device: torch.device | str) -> None:
+        """Drop cached K/V and masks held on other devices (the model moved, e.g. it was offloaded)."""
+        self.kv.keep_only(device)
+        self._mask_cache.clear()
 
     def _row_mask(self, q: torch.Tensor, chunks: list[int], rows: int, extra: dict) -> torch.Tensor | None:
         if self.mask is None:
@@ -129,8 +139,7 @@ class IPAdapterAttn2Patch:
         to q's dtype at call time, so fp8 UNets never push the adapter into fp8)."""
         if not isinstance(device_or_dtype, torch.dtype):
             for entry in self.entries:
-                entry.kv.keep_only(device_or_dtype)
-                entry._mask_cache.clear()
+                entry.keep_only(device_or_dtype)
         return self
 
     def models(self) -> list:

@@ -135,3 +135,21 @@ def test_attn1_patches_of_other_packs_coexist(patched, tiny_sd15):
     b = torch.cat(host_eps(model, latent(), SIGMA, cond, uncond))
     plain = torch.cat(host_eps(tiny_sd15.patcher, latent(), SIGMA, cond, uncond))
     assert calls and (a - b).abs().max() <= 1e-6 and (a - plain).abs().max() > 1e-2
+
+
+def test_window_follows_the_sigma_of_each_step(host_pack, tiny_sd15, tiny_clip_vision, patched):
+    model, full_patch, nodes = patched
+    sampling = tiny_sd15.patcher.get_model_object("model_sampling")
+    entry = full_patch.entries[0]
+    late = apply(nodes, tiny_sd15.patcher, entry.loaded, _prompt_of(nodes, tiny_clip_vision), 0.7, start_at=0.5)
+    patch = late.model_options["transformer_options"]["patches_replace"]["attn2"][("input", 1, 0)]
+    q = _qkv(1)[0]
+    early_sigma, late_sigma = float(sampling.percent_to_sigma(0.2)), float(sampling.percent_to_sigma(0.8))
+    for sigma, on in ((early_sigma, False), (late_sigma, True), (early_sigma, False)):
+        term = _image_term(patch, q, _extra([0], sigma=sigma))
+        assert (term.abs().max() > 1e-3) == on, sigma
+
+
+def _prompt_of(nodes, clip):
+    with torch.inference_mode():
+        return nodes.encode.encode(clip.host, reference_images(1), "center")[0]
