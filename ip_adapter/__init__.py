@@ -19,6 +19,7 @@ from .errors import (
     CheckpointFormatError,
     IncompatibleEncodingError,
     IncompatibleModelError,
+    InvalidOptionError,
     IPAdapterError,
     UnsafeCheckpointError,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "COMBINE_METHODS", "EMBEDS_SCALING", "LAYOUTS", "SD15_LAYOUT", "SDXL_LAYOUT",
     "AdapterSpec", "AttnLayer", "BaseFamily", "CheckpointFormatError", "ClipEncoding", "ClipOutput", "IPAdapter",
     "IPAdapterError", "ImageKV", "ImagePrompt", "ImageTerm", "IncompatibleEncodingError", "IncompatibleModelError",
+    "InvalidOptionError",
     "ProjectionType", "UNetLayout", "UnsafeCheckpointError", "combine", "decoupled_attention", "load_ip_adapter",
     "mask_for_queries", "read_checkpoint", "rows_for_chunks", "scale_embeds", "sdpa_attention",
 ]

@@ -14,6 +14,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from .errors import InvalidOptionError
+
 #: (q, k, v, heads) -> output, all `[B, N, heads * dim_head]`.
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
 
@@ -94,6 +96,12 @@ def rows_for_chunks(
     return torch.cat(parts, dim=0)
 
 
+def check_embeds_scaling(mode: str) -> None:
+    """Raise InvalidOptionError unless `mode` is one of EMBEDS_SCALING."""
+    if mode not in EMBEDS_SCALING:
+        raise InvalidOptionError(f"Unknown embeds_scaling '{mode}'; choose one of {', '.join(EMBEDS_SCALING)}.")
+
+
 def scale_embeds(
     k: torch.Tensor, v: torch.Tensor, weight: float, mode: str
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
@@ -105,8 +113,7 @@ def scale_embeds(
     """
     if mode == "V only":
         return k, v, weight
-    if mode not in EMBEDS_SCALING:
-        raise ValueError(f"Unknown embeds_scaling '{mode}'; choose one of {', '.join(EMBEDS_SCALING)}.")
+    check_embeds_scaling(mode)
     if mode != "K+V":
         weight = weight * k.shape[-1] / C_PENALTY_WIDTH
     if mode == "K+mean(V) w/ C penalty":

@@ -8,7 +8,7 @@ from typing import Callable
 
 import torch
 
-from .errors import IPAdapterError
+from .errors import InvalidOptionError
 from .spec import ClipOutput
 
 COMBINE_METHODS = ("concat", "add", "subtract", "average", "norm average")
@@ -94,5 +94,5 @@ def combine(prompt: ImagePrompt, method: str) -> ImagePrompt:
         n = prompt.num_images
         return replace(prompt, negative=prompt.negative.map(lambda t: fit_images(t, n)))
     if method not in _REDUCERS:
-        raise IPAdapterError(f"Unknown combine method '{method}'; choose one of {', '.join(COMBINE_METHODS)}.")
+        raise InvalidOptionError(f"Unknown combine method '{method}'; choose one of {', '.join(COMBINE_METHODS)}.")
     return ImagePrompt(prompt.positive.map(_REDUCERS[method]), prompt.negative.map(lambda t: t[:1]))

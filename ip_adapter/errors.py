@@ -21,3 +21,7 @@ class IncompatibleModelError(IPAdapterError, ValueError):
 
 class IncompatibleEncodingError(IPAdapterError, ValueError):
     """An image encoding that does not fit the adapter (wrong CLIP vision model, missing hidden states)."""
+
+
+class InvalidOptionError(IPAdapterError, ValueError):
+    """A node option outside its list (e.g. a workflow saved by a newer version, edited by hand)."""

@@ -44,5 +44,5 @@ class ImageKV:
             del self._cache[key]
 
     def clear(self) -> None:
-        """Drop every cached K/V (e.g. when the model is offloaded)."""
+        """Drop every cached K/V."""
         self._cache.clear()

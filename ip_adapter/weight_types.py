@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from .errors import InvalidOptionError
 from .layout import BaseFamily, UNetLayout
 
 EASE_FLOOR = 0.05  # the smallest multiplier of the easing curves
@@ -97,4 +98,4 @@ def layer_schedule(weight_type: str, layout: UNetLayout) -> Schedule:
         return _SCALAR_TYPES[weight_type](layout)
     if (layout.family, weight_type) in _SELECTIVE:
         return dict(_SELECTIVE[(layout.family, weight_type)])
-    raise ValueError(f"Unknown weight_type '{weight_type}'; choose one of {', '.join(WEIGHT_TYPES)}.")
+    raise InvalidOptionError(f"Unknown weight_type '{weight_type}'; choose one of {', '.join(WEIGHT_TYPES)}.")

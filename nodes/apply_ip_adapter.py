@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..ip_adapter import COMBINE_METHODS, EMBEDS_SCALING, ImageKV, ImagePrompt, IncompatibleEncodingError, combine
+from ..ip_adapter.attention import check_embeds_scaling
 from ..ip_adapter.layout import UNetLayout
 from ..ip_adapter.weight_types import WEIGHT_TYPES, LayerRule, layer_schedule
 from .loaded import LoadedAdapter
@@ -101,6 +102,7 @@ class ApplyIPAdapter:
               combine_images: str, start_at: float, end_at: float, embeds_scaling: str,
               attn_mask: torch.Tensor | None = None) -> tuple:
         layout = check_model(model, ipadapter.adapter)
+        check_embeds_scaling(embeds_scaling)  # fail before sampling, not inside it
         if weight == 0:
             return (model.clone(),)
         positive, negative = image_tokens(ipadapter, image_prompt, combine_images)

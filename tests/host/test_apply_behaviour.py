@@ -212,3 +212,9 @@ def test_adapter_weights_are_loaded_by_the_host_model_management(nodes, sd15_set
     _eps(apply(nodes, unet.patcher, adapter, prompt).clone().clone(), unet)
     loaded = [m.model for m in mm.current_loaded_models]
     assert any(m is adapter.patcher for m in loaded)  # the very patcher the loader made, not a clone's copy
+
+
+def test_unknown_embeds_scaling_fails_before_sampling(nodes, sd15_setup):
+    unet, _, adapter, prompt = sd15_setup
+    with pytest.raises(nodes.core.InvalidOptionError, match="embeds_scaling 'K only'"):
+        apply(nodes, unet.patcher, adapter, prompt, scaling="K only")

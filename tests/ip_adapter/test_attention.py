@@ -19,6 +19,9 @@ from ip_adapter.attention import (
     sdpa_attention,
 )
 from ip_adapter.checkpoint import CheckpointGroups
+from ip_adapter.errors import InvalidOptionError
+from ip_adapter.layout import SD15_LAYOUT as _SD15
+from ip_adapter.weight_types import layer_schedule
 from tests.factories import image_proj_shapes, random_groups
 
 BATCH, QUERIES, TEXT_TOKENS, IMAGE_TOKENS = 2, 6, 5, 4
@@ -350,3 +353,12 @@ def test_image_kv_keeps_one_entry_per_dtype(kv_setup: tuple) -> None:
     kv.get(1, "cpu", torch.float64)
     assert (k32.dtype, k64.dtype, len(calls)) == (torch.float32, torch.float64, 2)
     assert torch.equal(k64, k32.double())
+
+
+@pytest.mark.parametrize("call", [
+    lambda: scale_embeds(torch.zeros(1, 2, 4), torch.zeros(1, 2, 4), 1.0, "K only"),
+    lambda: layer_schedule("stronger style", _SD15),
+], ids=["embeds_scaling", "weight_type"])
+def test_unknown_options_raise_the_packs_error_listing_the_choices(call) -> None:
+    with pytest.raises(InvalidOptionError, match="choose one of"):
+        call()
