@@ -29,7 +29,7 @@ import pytest
 from tests.host import comfy_env, graph, tiny_models
 
 LOCATION = comfy_env.locate_comfyui()
-_STATE: dict = {"marked_skip": set(), "skipped": 0, "host": None, "pack": None, "pack_error": None, "tiny": {}}
+_STATE: dict = {"marked_skip": set(), "skipped": 0, "ran": {}, "host": None, "pack": None, "pack_error": None, "tiny": {}}
 
 
 def _is_host_item(item: pytest.Item) -> bool:
@@ -61,9 +61,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.skipped and report.when == "setup" and report.nodeid in _STATE["marked_skip"]:
         _STATE["skipped"] += 1
+    if report.when == "call" and "host" in report.keywords:
+        _STATE["ran"][report.outcome] = _STATE["ran"].get(report.outcome, 0) + 1
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    ran = _STATE["ran"]
+    if ran:
+        counts = ", ".join(f"{n} {outcome}" for outcome, n in sorted(ran.items()))
+        host = _STATE["host"]
+        where = f"ComfyUI {host.version} at {host.root}" if host is not None else "ComfyUI"
+        terminalreporter.write_sep("=", f"host tests ran in {where}: {counts}", bold=True)
     if not _STATE["skipped"]:
         return
     terminalreporter.write_sep("!", "HOST TESTS SKIPPED", yellow=True, bold=True)
