@@ -14,7 +14,7 @@ from .errors import CheckpointFormatError, IncompatibleEncodingError
 from .projection import FaceIDProjModel, ImageProjModel, MLPProjModel, ProjPlusModel
 from .resampler import Resampler
 from .spec import ENCODER_FILES, AdapterSpec, ClipOutput, ProjectionType, encoder_name
-from .weights import LayerWeights
+from .weights import LayerWeights, split_lora
 
 _PROJECTIONS: dict[ProjectionType, type[nn.Module]] = {
     ProjectionType.IMAGE_PROJ: ImageProjModel,
@@ -50,11 +50,15 @@ def _build(make: Callable[[], nn.Module], name: str, what: str) -> nn.Module:
 class IPAdapter(nn.Module):
     """An IP-Adapter checkpoint ready to compute image tokens and per-layer image keys/values."""
 
-    def __init__(self, spec: AdapterSpec, image_proj: nn.Module, layers: LayerWeights, name: str) -> None:
+    def __init__(self, spec: AdapterSpec, image_proj: nn.Module, layers: LayerWeights, name: str,
+                 lora: dict[str, torch.Tensor] | None = None) -> None:
         super().__init__()
         self.spec, self.name = spec, name
         self.image_proj = image_proj
         self.layers = layers
+        #: FaceID LoRA tensors under their file keys ("<n>.to_q_lora.down.weight", ...), file dtype, on the CPU;
+        #: empty for other kinds. Not a parameter: the host's LoRA loader applies them to the UNet.
+        self.lora: dict[str, torch.Tensor] = dict(lora or {})
 
     @classmethod
     def from_groups(
@@ -62,14 +66,15 @@ class IPAdapter(nn.Module):
     ) -> IPAdapter:
         """Detect, build on the meta device, then adopt the file's tensors cast to `dtype` (no further copies)."""
         spec = detect(groups.image_proj, groups.ip_adapter, groups.name)
-        cast = {g: {k: v.to(device=device, dtype=dtype) for k, v in getattr(groups, g).items()}
-                for g in ("image_proj", "ip_adapter")}
+        ip_layers, lora = split_lora(groups.ip_adapter)
+        cast = {g: {k: v.to(device=device, dtype=dtype) for k, v in sd.items()}
+                for g, sd in (("image_proj", groups.image_proj), ("ip_adapter", ip_layers))}
         image_proj = _build(lambda: _PROJECTIONS[spec.projection].from_state_dict(cast["image_proj"]),
                             groups.name, f"{spec.projection.value} projection ('image_proj' group)")
         layers = _build(lambda: LayerWeights.from_state_dict(cast["ip_adapter"]), groups.name, "'ip_adapter' group")
         _load_strict(image_proj, cast["image_proj"], groups.name, "image_proj")
         _load_strict(layers, cast["ip_adapter"], groups.name, "ip_adapter")
-        return cls(spec, image_proj, layers, groups.name).requires_grad_(False).eval()
+        return cls(spec, image_proj, layers, groups.name, lora).requires_grad_(False).eval()
 
     @property
     def dtype(self) -> torch.dtype:

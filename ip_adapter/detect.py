@@ -18,9 +18,9 @@ from .errors import CheckpointFormatError
 from .layout import LAYOUT_BY_LAYER_COUNT, SD15_LAYOUT, SDXL_LAYOUT, BaseFamily
 from .spec import CLIP_TOKENS, FACE_ID_DIM, AdapterSpec, ClipOutput, ProjectionType
 from .statedict import StateDict, shape_of
+from .weights import LORA_KEY as _LORA_KEY
 
 _IP_KEY = re.compile(r"^(\d+)\.(to_k_ip|to_v_ip)\.weight$")
-_LORA_KEY = re.compile(r"^(\d+)\.(to_q_lora|to_k_lora|to_v_lora|to_out_lora)\.(down|up)\.weight$")
 _KNOWN_CROSS_DIMS = {SD15_LAYOUT.cross_attention_dim: BaseFamily.SD15, SDXL_LAYOUT.cross_attention_dim: BaseFamily.SDXL}
 
 
@@ -77,8 +77,23 @@ def validate_layers(ad: StateDict, name: str) -> LayerGroup:
     for index in indices:
         if shape_of(ad, f"{index}.to_k_ip.weight") != shape_of(ad, f"{index}.to_v_ip.weight"):
             raise _fail(name, f"layer {index} has to_k_ip and to_v_ip of different shapes", "The file is corrupt")
-    lora_rank = shape_of(ad, "0.to_q_lora.down.weight")[0] if "0.to_q_lora.down.weight" in ad else 0
-    return LayerGroup(tuple(indices), cross_dims.pop(), lora_rank)
+    return LayerGroup(tuple(indices), cross_dims.pop(), _lora_rank(ad, name))
+
+
+def _lora_rank(ad: StateDict, name: str) -> int:
+    """The FaceID LoRA rank (0 without LoRA); every `down` needs its `up` of the same rank and the reverse."""
+    pairs = {(m.group(1), m.group(2)) for key in ad if (m := _LORA_KEY.match(key))}
+    ranks = set()
+    for index, module in sorted(pairs):
+        down, up = f"{index}.{module}.down.weight", f"{index}.{module}.up.weight"
+        for key in (down, up):
+            if key not in ad:
+                raise _fail(name, f"the FaceID LoRA lacks key 'ip_adapter.{key}'", "The file is incomplete; "
+                            "download it again")
+        if shape_of(ad, down)[0] != shape_of(ad, up)[1]:
+            raise _fail(name, f"the FaceID LoRA pair {index}.{module} has mismatched ranks", "The file is corrupt")
+        ranks.add(shape_of(ad, down)[0])
+    return max(ranks, default=0)
 
 
 def _family(group: LayerGroup, name: str) -> BaseFamily:

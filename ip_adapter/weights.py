@@ -1,5 +1,6 @@
-"""Per-layer weights of the `ip_adapter` group: the decoupled `to_k_ip` / `to_v_ip` projections (and, for FaceID
-checkpoints, their embedded rank-128 LoRA deltas), keyed by checkpoint index as in the file."""
+"""Per-layer weights of the `ip_adapter` group: the decoupled `to_k_ip` / `to_v_ip` projections, keyed by checkpoint
+index as in the file. FaceID checkpoints also carry LoRA deltas for the UNet's own attention in the same group; they
+are split off as plain tensors (`split_lora`) for the host's LoRA loader, never run here."""
 
 from __future__ import annotations
 
@@ -10,20 +11,15 @@ from torch import nn
 
 from .statedict import StateDict, shape_of
 
-_LORA_NAMES = ("to_q_lora", "to_k_lora", "to_v_lora", "to_out_lora")
+#: FaceID LoRA keys inside the `ip_adapter` group: "<n>.to_{q,k,v,out}_lora.{down,up}.weight".
+LORA_KEY = re.compile(r"^(\d+)\.(to_q_lora|to_k_lora|to_v_lora|to_out_lora)\.(down|up)\.weight$")
 _INDEX = re.compile(r"^(\d+)\.")
 
 
-class LoRALinear(nn.Module):
-    """`up(down(x))`, unscaled, as the FaceID checkpoints define it."""
-
-    def __init__(self, in_features: int, out_features: int, rank: int) -> None:
-        super().__init__()
-        self.down = nn.Linear(in_features, rank, bias=False)
-        self.up = nn.Linear(rank, out_features, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.up(self.down(x))
+def split_lora(sd: StateDict) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Separate an `ip_adapter` group into its `to_k_ip`/`to_v_ip` weights and its FaceID LoRA tensors (file keys)."""
+    lora = {k: v for k, v in sd.items() if LORA_KEY.match(k)}
+    return {k: v for k, v in sd.items() if k not in lora}, lora
 
 
 def _layer(sd: StateDict, index: int) -> nn.ModuleDict:
@@ -32,26 +28,22 @@ def _layer(sd: StateDict, index: int) -> nn.ModuleDict:
         if f"{index}.{name}.weight" in sd:
             out_f, in_f = shape_of(sd, f"{index}.{name}.weight")
             modules[name] = nn.Linear(in_f, out_f, bias=False)
-    for name in _LORA_NAMES:
-        if f"{index}.{name}.down.weight" in sd:
-            rank, in_f = shape_of(sd, f"{index}.{name}.down.weight")
-            modules[name] = LoRALinear(in_f, shape_of(sd, f"{index}.{name}.up.weight")[0], rank)
     return nn.ModuleDict(modules)
 
 
 class LayerWeights(nn.ModuleDict):
-    """`{"<index>": ModuleDict(to_k_ip=Linear, to_v_ip=Linear, [to_*_lora=LoRALinear])}`; state-dict keys equal
-    the file's `ip_adapter` keys."""
+    """`{"<index>": ModuleDict(to_k_ip=Linear, to_v_ip=Linear)}`; state-dict keys equal the file's `ip_adapter` keys
+    (LoRA keys excluded, see `split_lora`)."""
 
     @classmethod
     def from_state_dict(cls, sd: StateDict) -> LayerWeights:
-        indices = sorted({int(m.group(1)) for key in sd if (m := _INDEX.match(key))})
+        indices = sorted({int(m.group(1)) for key in sd if (m := _INDEX.match(key)) and not LORA_KEY.match(key)})
         return cls({str(i): _layer(sd, i) for i in indices})
 
     @property
     def ip_indices(self) -> list[int]:
         """Checkpoint indices that carry `to_k_ip`/`to_v_ip` (the cross-attention layers)."""
-        return [int(i) for i, layer in self.items() if "to_k_ip" in layer]
+        return [int(i) for i in self]
 
     def project_kv(self, index: int, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """tokens: (B, T, C) -> image keys and values (B, T, width) for layer `index`."""

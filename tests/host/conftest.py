@@ -29,7 +29,8 @@ import pytest
 from tests.host import comfy_env, graph, tiny_models
 
 LOCATION = comfy_env.locate_comfyui()
-_STATE: dict = {"marked_skip": set(), "skipped": 0, "ran": {}, "host": None, "pack": None, "pack_error": None, "tiny": {}}
+_STATE: dict = {"marked_skip": set(), "skipped": 0, "ran": {}, "host": None, "pack": None, "pack_error": None,
+                "tiny": {}}
 
 
 def _is_host_item(item: pytest.Item) -> bool:

@@ -103,7 +103,19 @@ def test_spec_agrees_with_published_facts(official: tuple[OfficialCheckpoint, IP
 
 def test_total_parameter_count_is_published(official: tuple[OfficialCheckpoint, IPAdapter]) -> None:
     ck, adapter = official
-    assert sum(p.numel() for p in adapter.parameters()) == ck.total_params
+    lora = sum(t.numel() for t in adapter.lora.values())
+    assert sum(p.numel() for p in adapter.parameters()) + lora == ck.total_params
+    assert (lora > 0) == ck.lora
+
+
+def test_faceid_lora_is_kept_as_file_tensors(official: tuple[OfficialCheckpoint, IPAdapter]) -> None:
+    ck, adapter = official
+    if not ck.lora:
+        assert adapter.lora == {}
+        return
+    indices = {int(k.split(".")[0]) for k in adapter.lora}
+    assert indices == set(range(2 * ck.layout.num_layers))  # attn1 (even) and attn2 (odd) processors
+    assert all(not isinstance(t, torch.nn.Parameter) for t in adapter.lora.values())
 
 
 def test_layers_follow_the_layout(official: tuple[OfficialCheckpoint, IPAdapter]) -> None:
