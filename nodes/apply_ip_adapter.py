@@ -101,13 +101,30 @@ class ApplyIPAdapter:
     def apply(self, model, ipadapter: LoadedAdapter, image_prompt: ImagePrompt, weight: float, weight_type: str,
               combine_images: str, start_at: float, end_at: float, embeds_scaling: str,
               attn_mask: torch.Tensor | None = None) -> tuple:
-        layout = check_model(model, ipadapter.adapter)
+        check_model(model, ipadapter.adapter)
         check_embeds_scaling(embeds_scaling)  # fail before sampling, not inside it
         if weight == 0:
             return (model.clone(),)
         positive, negative = image_tokens(ipadapter, image_prompt, combine_images)
-        sampling = model.get_model_object("model_sampling")
-        entry = AdapterEntry(ipadapter, ImageKV(ipadapter.adapter, positive, negative),
-                             layer_rules(weight_type, layout), weight, float(sampling.percent_to_sigma(start_at)),
-                             float(sampling.percent_to_sigma(end_at)), embeds_scaling, as_mask(attn_mask))
-        return (patch_model(model, layout, entry),)
+        return (apply_tokens(model, ipadapter, positive, negative, weight, weight_type, start_at, end_at,
+                             embeds_scaling, attn_mask),)
+
+
+def apply_tokens(model, loaded: LoadedAdapter, positive: torch.Tensor, negative: torch.Tensor, weight: float,
+                 weight_type: str, start_at: float, end_at: float, embeds_scaling: str,
+                 attn_mask: torch.Tensor | None = None):
+    """The one way every Apply node patches a model: a clone of `model` with this adapter's image term stacked on
+    the layers `weight_type` selects.
+
+    Args:
+        positive: image tokens of the conditional rows. Shape: (1, T, cross_attention_dim).
+        negative: image tokens of the unconditional rows. Shape: (1, T, cross_attention_dim).
+        attn_mask: MASK (H, W) or (M, H, W) in the latent's aspect ratio, or None.
+    """
+    layout = check_model(model, loaded.adapter)
+    check_embeds_scaling(embeds_scaling)
+    sampling = model.get_model_object("model_sampling")
+    entry = AdapterEntry(loaded, ImageKV(loaded.adapter, positive, negative), layer_rules(weight_type, layout),
+                         weight, float(sampling.percent_to_sigma(start_at)), float(sampling.percent_to_sigma(end_at)),
+                         embeds_scaling, as_mask(attn_mask))
+    return patch_model(model, layout, entry)
