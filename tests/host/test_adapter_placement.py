@@ -9,8 +9,8 @@ import os
 import pytest
 import torch
 
-from tests.host.ipa_setup import PackNodes, adapter_groups, apply, reference_images, write_adapter
 from tests.factories import flat
+from tests.host.ipa_setup import PackNodes, adapter_groups, apply, reference_images, write_adapter
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
-from tests.host.ipa_setup import PackNodes, adapter_groups, apply, reference_images, text_conds, write_adapter
+from tests.host.ipa_setup import PackNodes, adapter_groups, apply, reference_images, write_adapter
 
 STEPS = 3
 LATENT = 8

@@ -9,7 +9,7 @@ import copy
 import pytest
 import torch
 
-from ip_adapter import ImageKV, IPAdapter, InvalidOptionError
+from ip_adapter import ImageKV, InvalidOptionError, IPAdapter
 from ip_adapter.attn2_patch import Attn2Patch, Contribution, reference_attention
 from ip_adapter.checkpoint import CheckpointGroups
 from ip_adapter.entry import AdapterEntry, SigmaWindow
