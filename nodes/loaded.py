@@ -13,7 +13,6 @@ import torch
 
 from ..ip_adapter import IPAdapter, load_ip_adapter
 
-_COMPUTE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 FINGERPRINT_BLOCKS = 16
 FINGERPRINT_BLOCK_SIZE = 4096
 
@@ -45,14 +44,6 @@ class LoadedAdapter:
 _CACHE: weakref.WeakValueDictionary[tuple, LoadedAdapter] = weakref.WeakValueDictionary()
 
 
-def storage_dtype() -> torch.dtype:
-    """The UNet's dtype when it is a compute dtype; fp8 and other storage-only types fall back to fp16/fp32."""
-    dtype = mm.unet_dtype()
-    if dtype in _COMPUTE_DTYPES:
-        return dtype
-    return torch.float16 if mm.should_use_fp16() else torch.float32
-
-
 def project(loaded: LoadedAdapter, **inputs: torch.Tensor | float | None) -> torch.Tensor:
     """`IPAdapter.project` where the host loads the adapter (its load device, in that device's compute dtype)."""
     mm.load_models_gpu([loaded.patcher])
@@ -81,7 +72,7 @@ def load_adapter(path: str) -> LoadedAdapter:
     if cached is not None:
         return cached
     offload = mm.unet_offload_device()
-    adapter = load_ip_adapter(path, dtype=storage_dtype(), device=offload)
+    adapter = load_ip_adapter(path, device=offload)  # the file's dtype: loading costs what reading costs
     patcher = comfy.model_patcher.ModelPatcher(
         _ManagedWeights(adapter), load_device=mm.get_torch_device(), offload_device=offload
     )

@@ -4,6 +4,7 @@ never served from the cache, and a start/end pair in the wrong order refused at 
 
 from __future__ import annotations
 
+import copy
 import os
 
 import pytest
@@ -35,21 +36,17 @@ def _tokens(host_pack, loaded, prompt) -> torch.Tensor:
 
 
 def test_a_half_precision_adapter_projects_in_float32_on_the_cpu(host_pack, nodes, plus, tiny_clip_vision,
-                                                                  monkeypatch):
-    """A fp16 UNet makes the adapter's storage fp16; on the CPU its Resampler must still run in float32."""
-    _, filename = plus
-    loaded_module = host_pack.module.nodes.loaded
-    monkeypatch.setattr(loaded_module, "storage_dtype", lambda: torch.float16)
-    half = nodes.load.load(filename)[0]
-    assert half.adapter.dtype == torch.float16
+                                                                  host_models):
+    """An fp16 file (as published) keeps its dtype in storage; on the CPU its Resampler still runs in float32."""
+    groups, _ = plus
+    half_groups = {g: {k: t.half() for k, t in sd.items()} for g, sd in groups.items()}
+    half = nodes.load.load(write_adapter(host_models, half_groups, "placement-plus-fp16_sd15.safetensors"))[0]
+    assert half.adapter.dtype == torch.float16  # stored as the file holds it: loading costs what reading costs
     prompt = _prompt(nodes, tiny_clip_vision)
     tokens = _tokens(host_pack, half, prompt)
     assert tokens.dtype == torch.float32
-    reference = half.adapter.float()  # a float32 copy of the same fp16-rounded weights
-    try:
-        expected = reference.project(clip=prompt.positive.hidden_states)
-    finally:
-        half.adapter.half()
+    reference = copy.deepcopy(half.adapter).float()  # float32 math on the same fp16-rounded weights
+    expected = reference.project(clip=prompt.positive.hidden_states)
     assert (tokens - expected.reshape(tokens.shape)).abs().max() <= 1e-5
 
 
