@@ -84,7 +84,9 @@ def _transitions(values: tuple[float, ...], timing: str, frames: int, seed: int)
     for x in range((len(values) - 1) * spacing + 1):
         j = min(x // spacing, len(values) - 2)
         start, end = values[j], values[j + 1]
-        out.append(start + (end - start) * progress((x - j * spacing) / spacing))
+        t = (x - j * spacing) / spacing
+        # The eased curves end on the value exactly (sin(pi / 2) rounds to 1 - 1e-16 in float arithmetic).
+        out.append(end if t == 1.0 and timing != RANDOM else start + (end - start) * progress(t))
     return out
 
 
