@@ -12,7 +12,12 @@ from tests.contract import FLOAT_RANGES, NODES, widget_inputs
 WORKFLOWS = sorted((Path(__file__).parents[1] / "workflows").glob("*.json"))
 #: Core node ids the examples may use (checked against a real host in tests/host).
 CORE_NODES = {"CheckpointLoaderSimple", "CLIPVisionLoader", "LoadImage", "CLIPTextEncode", "EmptyLatentImage",
-              "KSampler", "VAEDecode", "SaveImage", "LoraLoader", "ControlNetLoader", "ControlNetApplyAdvanced"}
+              "KSampler", "VAEDecode", "SaveImage", "LoraLoader", "ControlNetLoader", "ControlNetApplyAdvanced",
+              "ContextWindowsManual", "PreviewImage", "MaskToImage"}
+#: Frontend-only nodes (never sent to the host).
+NOTE_NODES = {"Note", "MarkdownNote"}
+#: LiteGraph draws a node's title bar above its `pos`.
+TITLE_HEIGHT = 30
 
 
 def test_there_are_example_workflows():
@@ -35,13 +40,26 @@ def test_ui_format_and_links_are_consistent(workflow):
 
 
 def test_only_known_node_ids(workflow):
-    unknown = {n["type"] for n in workflow["nodes"]} - set(NODES) - CORE_NODES
+    unknown = {n["type"] for n in workflow["nodes"]} - set(NODES) - CORE_NODES - NOTE_NODES
     assert not unknown
+
+
+def test_every_node_of_the_pack_has_an_example():
+    used = {n["type"] for path in WORKFLOWS for n in json.loads(path.read_text())["nodes"]}
+    assert set(NODES) <= used, set(NODES) - used
+
+
+def test_nodes_do_not_overlap(workflow):
+    boxes = [(n["id"], n["pos"][0], n["pos"][1] - TITLE_HEIGHT, n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1])
+             for n in workflow["nodes"]]
+    for i, (a, ax0, ay0, ax1, ay1) in enumerate(boxes):
+        for b, bx0, by0, bx1, by1 in boxes[i + 1:]:
+            assert ax1 <= bx0 or bx1 <= ax0 or ay1 <= by0 or by1 <= ay0, f"nodes {a} and {b} overlap"
 
 
 def test_our_widgets_follow_the_contract(workflow):
     ours = [n for n in workflow["nodes"] if n["type"] in NODES]
-    assert {n["type"] for n in ours} == set(NODES)
+    assert ours
     for node in ours:
         widgets = widget_inputs(node["type"])
         assert len(node["widgets_values"]) == len(widgets), node["type"]
