@@ -55,11 +55,13 @@ class RunPlan:
 
     def layout(self, extra: dict, batch: int) -> BatchLayout:
         """The call's batch layout; a new call (new per-call objects) also empties the per-call caches."""
-        call = (extra.get("cond_or_uncond"), extra.get("uuids"), *frame_sources(extra))
-        cached = self._call
-        if self._layout is None or cached[4] != batch or any(a is not b for a, b in zip(call, cached)):
-            self._layout = batch_layout(batch, call[0], call[1], self.roles)
-            self._call = (*call, batch)
+        chunks, uuids = extra.get("cond_or_uncond"), extra.get("uuids")
+        window, ad_params = frame_sources(extra)
+        c = self._call
+        if (self._layout is None or c[0] is not chunks or c[1] is not uuids or c[2] is not window
+                or c[3] is not ad_params or c[4] != batch):
+            self._layout = batch_layout(batch, chunks, uuids, self.roles)
+            self._call = (chunks, uuids, window, ad_params, batch)
             self._frames = None
             self._index.clear()
             self._scales.clear()
