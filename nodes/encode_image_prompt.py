@@ -29,18 +29,36 @@ def _preprocess(clip_vision, images: torch.Tensor, crop: bool) -> torch.Tensor:
         std=clip_vision.image_std, crop=crop)
 
 
-def encode_images(clip_vision, images: torch.Tensor, crop: bool) -> ClipEncoding:
-    """Encode IMAGE (B, H, W, C) in chunks of CHUNK; each chunk update is also an interruption point."""
+def _gather(out: ClipEncoding | None, part: ClipEncoding, start: int, total: int) -> ClipEncoding:
+    """Copy one pass's encodings into the outputs for all `total` images, allocated by the first pass."""
+    if out is None:
+        out = ClipEncoding(*(t.new_empty((total, *t.shape[1:])) for t in (part.image_embeds, part.hidden_states)))
+    stop = start + part.num_images
+    out.image_embeds[start:stop] = part.image_embeds
+    out.hidden_states[start:stop] = part.hidden_states
+    return out
+
+
+def encode_images(clip_vision, images: torch.Tensor, crop: bool, batch_size: int | None = None) -> ClipEncoding:
+    """Encode IMAGE (B, H, W, C), `batch_size` images per pass (None: CHUNK; 0: all at once).
+
+    With several passes, each pass is an interruption point with a progress update and writes into outputs
+    allocated once, so memory holds the outputs plus one pass's pixels and activations, however long the batch."""
     mm.load_model_gpu(clip_vision.patcher)
-    chunks = list(torch.split(images, CHUNK))
-    progress = comfy.utils.ProgressBar(len(chunks)) if len(chunks) > 1 else None
-    parts = []
-    for chunk in chunks:
+    total = images.shape[0]
+    batch_size = CHUNK if batch_size is None else batch_size
+    step = batch_size if batch_size > 0 else max(1, total)
+    if step >= total:
+        return _forward(clip_vision, _preprocess(clip_vision, images, crop))
+    starts = range(0, total, step)
+    progress = comfy.utils.ProgressBar(len(starts))
+    out = None
+    for start in starts:
         mm.throw_exception_if_processing_interrupted()
-        parts.append(_forward(clip_vision, _preprocess(clip_vision, chunk, crop)))
-        if progress is not None:
-            progress.update(1)
-    return ClipEncoding(torch.cat([p.image_embeds for p in parts]), torch.cat([p.hidden_states for p in parts]))
+        out = _gather(out, _forward(clip_vision, _preprocess(clip_vision, images[start:start + step], crop)), start,
+                      total)
+        progress.update(1)
+    return out
 
 
 def reference_negative(clip_vision, like: ClipEncoding) -> ClipEncoding:
