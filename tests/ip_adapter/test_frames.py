@@ -222,3 +222,16 @@ def test_a_single_image_entry_never_resolves_frames(adapter, monkeypatch) -> Non
 def test_empty_frame_weights_are_refused(adapter) -> None:
     with pytest.raises(InvalidOptionError, match="frame_weights is empty"):
         _entry(adapter, frame_weights=())
+
+
+def test_a_48_frame_mask_batch_under_16_frame_windows(adapter) -> None:
+    """The issue's case: every window (16 frames, 4 of overlap) uses the masks of its own frames, not masks 0-15."""
+    masks = torch.rand(48, *GRID, generator=torch.Generator().manual_seed(6))
+    entry = _entry(adapter, images=1, mask=masks)
+    plan = RunPlan()
+    for start in (0, 12, 24, 32):
+        window = list(range(start, start + 16))
+        q = torch.zeros(32, QUERIES, WIDTH, dtype=torch.float64)
+        scale = plan.scale(entry, q, _extra([1, 0], plan, context_window=Window(window)))
+        expected = masks[window].reshape(16, QUERIES, 1).double().repeat(2, 1, 1)
+        assert torch.equal(scale, expected), start
