@@ -1,7 +1,7 @@
 """Encoding a long reference video in chunks: peak tensor memory is the outputs plus one chunk's working set, however
 many frames there are (256 frames, 16 per pass), measured deterministically as bytes of live tensor storage
 (tests/memory_tracking.py), not as time. The same frames in one pass need many times more: the measurement can tell.
-The ratios at full encoder size are in benchmarks/bench_encode_memory.py."""
+The ratios at ViT-H widths are in benchmarks/sections/animation.py."""
 
 from __future__ import annotations
 
