@@ -17,10 +17,12 @@ from .checkpoint import read_checkpoint
 from .encoding import COMBINE_METHODS, ClipEncoding, ImagePrompt, combine
 from .errors import (
     CheckpointFormatError,
+    ImagePromptFileError,
     IncompatibleEncodingError,
     IncompatibleModelError,
     InvalidOptionError,
     IPAdapterError,
+    ModelNotFoundError,
     UnsafeCheckpointError,
 )
 from .kv_cache import ImageKV
@@ -30,8 +32,9 @@ from .spec import AdapterSpec, ClipOutput, ProjectionType
 __all__ = [
     "COMBINE_METHODS", "EMBEDS_SCALING", "LAYOUTS", "SD15_LAYOUT", "SDXL_LAYOUT",
     "AdapterSpec", "AttnLayer", "BaseFamily", "CheckpointFormatError", "ClipEncoding", "ClipOutput", "IPAdapter",
-    "IPAdapterError", "ImageKV", "ImagePrompt", "ImageTerm", "IncompatibleEncodingError", "IncompatibleModelError",
-    "InvalidOptionError",
+    "IPAdapterError", "ImageKV", "ImagePrompt",
+    "ImagePromptFileError", "ImageTerm", "IncompatibleEncodingError", "IncompatibleModelError",
+    "InvalidOptionError", "ModelNotFoundError",
     "ProjectionType", "UNetLayout", "UnsafeCheckpointError", "combine", "decoupled_attention", "load_ip_adapter",
     "mask_for_queries", "read_checkpoint", "rows_for_chunks", "scale_embeds", "sdpa_attention",
 ]

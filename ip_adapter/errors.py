@@ -25,3 +25,11 @@ class IncompatibleEncodingError(IPAdapterError, ValueError):
 
 class InvalidOptionError(IPAdapterError, ValueError):
     """A node option outside its list (e.g. a workflow saved by a newer version, edited by hand)."""
+
+
+class ImagePromptFileError(IPAdapterError, ValueError):
+    """A saved image prompt that cannot be read (not safetensors, not an image prompt, damaged)."""
+
+
+class ModelNotFoundError(IPAdapterError, FileNotFoundError):
+    """A model file a preset needs is in none of the registered folders; the message says where to get it."""

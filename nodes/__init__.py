@@ -1,19 +1,36 @@
 """ComfyUI glue: the pack's V1 nodes (ids fixed by the node contract), registered by the package root."""
 
 from .apply_ip_adapter import ApplyIPAdapter
+from .combine_image_prompts import CombineImagePrompts
 from .encode_image_prompt import EncodeImagePrompt
 from .folders import register_ipadapter_folder
+from .image_prompt_files import register_image_prompts_folder
+from .load_image_prompt import LoadImagePrompt
 from .load_ip_adapter import LoadIPAdapter
+from .load_ip_adapter_preset import LoadIPAdapterPreset
+from .negative_image_noise import NegativeImageNoise
+from .save_image_prompt import SaveImagePrompt
 
 register_ipadapter_folder()
+register_image_prompts_folder()
 
 NODE_CLASS_MAPPINGS = {
     "LoadIPAdapter": LoadIPAdapter,
     "EncodeImagePrompt": EncodeImagePrompt,
     "ApplyIPAdapter": ApplyIPAdapter,
+    "LoadIPAdapterPreset": LoadIPAdapterPreset,
+    "NegativeImageNoise": NegativeImageNoise,
+    "CombineImagePrompts": CombineImagePrompts,
+    "SaveImagePrompt": SaveImagePrompt,
+    "LoadImagePrompt": LoadImagePrompt,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "LoadIPAdapter": "Load IP-Adapter",
     "EncodeImagePrompt": "Encode Image Prompt",
     "ApplyIPAdapter": "Apply IP-Adapter",
+    "LoadIPAdapterPreset": "Load IP-Adapter Preset",
+    "NegativeImageNoise": "Negative Image Noise",
+    "CombineImagePrompts": "Combine Image Prompts",
+    "SaveImagePrompt": "Save Image Prompt",
+    "LoadImagePrompt": "Load Image Prompt",
 }
