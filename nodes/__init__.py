@@ -1,6 +1,7 @@
 """ComfyUI glue: the pack's V1 nodes (ids fixed by the node contract), registered by the package root."""
 
 from .apply_ip_adapter import ApplyIPAdapter
+from .apply_style_composition import ApplyIPAdapterStyleComposition
 from .combine_image_prompts import CombineImagePrompts
 from .encode_image_prompt import EncodeImagePrompt
 from .folders import register_ipadapter_folder
@@ -23,6 +24,7 @@ NODE_CLASS_MAPPINGS = {
     "CombineImagePrompts": CombineImagePrompts,
     "SaveImagePrompt": SaveImagePrompt,
     "LoadImagePrompt": LoadImagePrompt,
+    "ApplyIPAdapterStyleComposition": ApplyIPAdapterStyleComposition,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "LoadIPAdapter": "Load IP-Adapter",
@@ -33,4 +35,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "CombineImagePrompts": "Combine Image Prompts",
     "SaveImagePrompt": "Save Image Prompt",
     "LoadImagePrompt": "Load Image Prompt",
+    "ApplyIPAdapterStyleComposition": "Apply IP-Adapter Style & Composition",
 }

@@ -50,11 +50,22 @@ NODES = {
     "SaveImagePrompt": ("Save Image Prompt", [("image_prompt", "IMAGE_PROMPT", None),
                                               ("filename_prefix", "STRING", "image_prompts/ip")], [], []),
     "LoadImagePrompt": ("Load Image Prompt", [("image_prompt_file", "COMBO", None)], [], ["IMAGE_PROMPT"]),
+    "ApplyIPAdapterStyleComposition": (
+        "Apply IP-Adapter Style & Composition",
+        [("model", "MODEL", None), ("ipadapter", "IP_ADAPTER", None), ("style_prompt", "IMAGE_PROMPT", None),
+         ("composition_prompt", "IMAGE_PROMPT", None), ("weight_style", "FLOAT", 1.0),
+         ("weight_composition", "FLOAT", 1.0), ("expand_style", "BOOLEAN", False),
+         ("combine_images", COMBINE, "concat"),
+         ("start_at", "FLOAT", 0.0), ("end_at", "FLOAT", 1.0), ("embeds_scaling", EMBEDS_SCALING, "V only")],
+        [("attn_mask", "MASK", None)],
+        ["MODEL"],
+    ),
 }
 #: Socket-only types: inputs of these types have no entry in a workflow's widgets_values.
 SOCKET_TYPES = {"MODEL", "IP_ADAPTER", "IMAGE_PROMPT", "CLIP_VISION", "IMAGE", "MASK"}
 FLOAT_RANGES = {"weight": (-1.0, 5.0), "start_at": (0.0, 1.0), "end_at": (0.0, 1.0), "strength": (0.0, 1.0),
-                "sharpening": (0.0, 1.0), **{f"weight_{i}": (-1.0, 5.0) for i in range(1, 5)}}
+                "sharpening": (0.0, 1.0), "weight_style": (-1.0, 5.0), "weight_composition": (-1.0, 5.0),
+                **{f"weight_{i}": (-1.0, 5.0) for i in range(1, 5)}}
 #: Widgets with a control_after_generate value after theirs in widgets_values (the frontend adds one to every INT
 #: named seed or noise_seed).
 CONTROL_AFTER_GENERATE = {"seed", "noise_seed"}
