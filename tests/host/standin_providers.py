@@ -84,7 +84,7 @@ def _by_family(folder: str, make: Callable[[si.StandIns, Path, str], None]) -> l
 def _write(path: Path, tensors: dict[str, Any]) -> None:
     from safetensors.torch import save_file
 
-    if path.suffix == ".safetensors":
+    if path.suffix.lower() == ".safetensors":
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
     else:
         torch.save(tensors, path)
@@ -125,7 +125,7 @@ def _adapter_file(stem: str) -> Callable[[si.StandIns, Path], None]:
     def make(registry: si.StandIns, path: Path) -> None:
         groups = adapter_groups(layout, registry.ctx.unet(family), registry.ctx.clip_vision(encoder), seed=4)
         groups = {g: {k: v.to(ADAPTER_DTYPE) for k, v in sd.items()} for g, sd in groups.items()}
-        _write(path, flat(groups) if path.suffix == ".safetensors" else groups)
+        _write(path, flat(groups) if path.suffix.lower() == ".safetensors" else groups)
 
     return make
 
