@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from ..ip_adapter import COMBINE_METHODS, EMBEDS_SCALING, ImagePrompt
-from ..ip_adapter.attention import check_embeds_scaling
+from ..ip_adapter.entry import check_window
+from ..ip_adapter.scaling import check_embeds_scaling
 from .apply_ip_adapter import PERCENT, WEIGHT_RANGE, apply_tokens, image_tokens
 from .loaded import LoadedAdapter
 from .model_checks import check_model
@@ -60,6 +61,7 @@ class ApplyIPAdapterStyleComposition:
               start_at: float, end_at: float, embeds_scaling: str, attn_mask: torch.Tensor | None = None) -> tuple:
         check_model(model, ipadapter.adapter)
         check_embeds_scaling(embeds_scaling)
+        check_window(start_at, end_at)
         parts = ((style_prompt, weight_style, STRONG_STYLE if expand_style else STYLE),
                  (composition_prompt, weight_composition, COMPOSITION))
         patched = model.clone()

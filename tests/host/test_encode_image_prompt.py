@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from tests.host.ipa_setup import reference_images
-
-TOLERANCE = 1e-5
+from tests.numerics import assert_relative_close
 
 
 def _encode(host_pack, clip, images, crop="center", negative=None, sharpening=0.0, batch_size=0):
@@ -34,11 +33,11 @@ def test_positive_equals_transformers_and_negative_is_the_reference_convention(h
     images = reference_images(3)
     prompt = _encode(host_pack, tiny_clip_vision, images)
     embeds, hidden = _twin(tiny_clip_vision, _pixels(images))
-    assert (prompt.positive.image_embeds - embeds).abs().max() <= TOLERANCE
-    assert (prompt.positive.hidden_states - hidden).abs().max() <= TOLERANCE
+    assert_relative_close(prompt.positive.image_embeds, embeds)
+    assert_relative_close(prompt.positive.hidden_states, hidden)
     assert torch.equal(prompt.negative.image_embeds, torch.zeros_like(embeds[:1]))
     _, zero_hidden = _twin(tiny_clip_vision, torch.zeros_like(_pixels(images[:1])))
-    assert (prompt.negative.hidden_states - zero_hidden).abs().max() <= TOLERANCE
+    assert_relative_close(prompt.negative.hidden_states, zero_hidden)
     _, black_hidden = _twin(tiny_clip_vision, _pixels(torch.zeros_like(images[:1])))
     assert (prompt.negative.hidden_states - black_hidden).abs().max() > 1e-3  # not the peer's black image
 
@@ -47,15 +46,15 @@ def test_negative_image_replaces_the_default(host_pack, tiny_clip_vision):
     images, negative = reference_images(1), reference_images(1, seed=9)
     prompt = _encode(host_pack, tiny_clip_vision, images, negative=negative)
     embeds, hidden = _twin(tiny_clip_vision, _pixels(negative))
-    assert (prompt.negative.image_embeds - embeds).abs().max() <= TOLERANCE
-    assert (prompt.negative.hidden_states - hidden).abs().max() <= TOLERANCE
+    assert_relative_close(prompt.negative.image_embeds, embeds)
+    assert_relative_close(prompt.negative.hidden_states, hidden)
 
 
 def test_crop_none_stretches_instead_of_cropping(host_pack, tiny_clip_vision):
     wide = torch.rand(1, 40, 90, 3, generator=torch.Generator().manual_seed(4))
     center = _encode(host_pack, tiny_clip_vision, wide, "center").positive.image_embeds
     stretch = _encode(host_pack, tiny_clip_vision, wide, "none").positive.image_embeds
-    assert (stretch - _twin(tiny_clip_vision, _pixels(wide, crop=False))[0]).abs().max() <= TOLERANCE
+    assert_relative_close(stretch, _twin(tiny_clip_vision, _pixels(wide, crop=False))[0])
     assert (center - stretch).abs().max() > 1e-3
 
 
@@ -78,9 +77,9 @@ def test_batch_size_encodes_in_chunks_with_progress_and_matches_one_pass(host_pa
     assert not updates  # batch_size 0: one pass, no progress bar
     embeds, hidden = _twin(tiny_clip_vision, _pixels(images))
     for prompt in (chunked, whole):
-        assert (prompt.positive.image_embeds - embeds).abs().max() <= TOLERANCE
-        assert (prompt.positive.hidden_states - hidden).abs().max() <= TOLERANCE
-    assert (chunked.negative.image_embeds - whole.negative.image_embeds).abs().max() <= TOLERANCE
+        assert_relative_close(prompt.positive.image_embeds, embeds)
+        assert_relative_close(prompt.positive.hidden_states, hidden)
+    assert_relative_close(chunked.negative.image_embeds, whole.negative.image_embeds)
 
 
 def test_interrupt_stops_encoding(host_pack, tiny_clip_vision):
@@ -106,8 +105,8 @@ def test_positional_crops_encode_that_square_of_a_tall_image(host_pack, tiny_cli
     tall = torch.rand(1, 90, 40, 3, generator=torch.Generator().manual_seed(5))
     prompt = _encode(host_pack, tiny_clip_vision, tall, crop)
     embeds, hidden = _twin(tiny_clip_vision, _square_pixels(tall[:, part[0], part[1]]))
-    assert (prompt.positive.image_embeds - embeds).abs().max() <= TOLERANCE
-    assert (prompt.positive.hidden_states - hidden).abs().max() <= TOLERANCE
+    assert_relative_close(prompt.positive.image_embeds, embeds)
+    assert_relative_close(prompt.positive.hidden_states, hidden)
     assert prompt.crop == crop
 
 
@@ -117,7 +116,7 @@ def test_pad_encodes_the_whole_image_on_its_edge_colour(host_pack, tiny_clip_vis
     top, bottom = wide[:, :1].mean(dim=2, keepdim=True), wide[:, -1:].mean(dim=2, keepdim=True)
     square = torch.cat([top.expand(1, 20, 70, 3), wide, bottom.expand(1, 20, 70, 3)], dim=1)
     embeds, _ = _twin(tiny_clip_vision, _square_pixels(square))
-    assert (prompt.positive.image_embeds - embeds).abs().max() <= TOLERANCE
+    assert_relative_close(prompt.positive.image_embeds, embeds)
     center = _encode(host_pack, tiny_clip_vision, wide, "center").positive.image_embeds
     assert (center - embeds).abs().max() > 1e-3
 
@@ -132,7 +131,7 @@ def test_sharpening_runs_on_the_resized_pixels(host_pack, tiny_clip_vision):
     sharpened = cas_sharpen(unit, 0.7)
     mean, std = torch.tensor(tiny_clip_vision.host.image_mean), torch.tensor(tiny_clip_vision.host.image_std)
     embeds, _ = _twin(tiny_clip_vision, (sharpened - mean.view(3, 1, 1)) / std.view(3, 1, 1))
-    assert (prompt.positive.image_embeds - embeds).abs().max() <= TOLERANCE
+    assert_relative_close(prompt.positive.image_embeds, embeds)
     plain = _encode(host_pack, tiny_clip_vision, images).positive.image_embeds
     assert (prompt.positive.image_embeds - plain).abs().max() > 1e-3
 
