@@ -87,7 +87,7 @@ def _preset(adapter: WantedFile, kinds: str, encoder: str | None) -> PresetFiles
     return PresetFiles(adapter, clip, frozenset(kinds.split(",")), encoder)
 
 
-_TABLE: dict[tuple[BaseFamily, str], PresetFiles] = {
+PRESET_TABLE: dict[tuple[BaseFamily, str], PresetFiles] = {
     (SD15, "standard"): _preset(_adapter(_H94, "models/ip-adapter_sd15.safetensors"), "base", VIT_H),
     (SD15, "light"): _preset(_adapter(_H94, "models/ip-adapter_sd15_light_v11.bin", "ip-adapter_sd15_light"),
                              "light", VIT_H),
@@ -139,7 +139,7 @@ def preset_files(family: BaseFamily, preset: str) -> PresetFiles:
     if (family, preset) in UNAVAILABLE:
         raise InvalidOptionError(f"Preset '{preset}' has no {family.value} version: "
                                  f"{UNAVAILABLE[(family, preset)]}.")
-    return _TABLE[(family, preset)]
+    return PRESET_TABLE[(family, preset)]
 
 
 def name_key(name: str) -> str:

@@ -33,3 +33,23 @@ def test_workflow_runs_in_the_host(path: Path, runner, standins, host_pack) -> N
         for node_id in saved:
             images = run.result.output(run.executed[node_id]["inputs"]["images"][0])
             assert images.ndim == 4 and torch.isfinite(images).all()
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_sockets_are_listed_as_the_frontend_lists_them(path: Path, host_pack) -> None:
+    """Sockets in INPUT_TYPES order (required, then optional with the hollow shape), outputs as RETURN_TYPES, widget
+    values one per widget (plus the UI-only extras) - what the frontend writes for these node definitions."""
+    import nodes
+    from tests.host.workflow_runner import NOTE_TYPES, _has_extra_value, _widget_spec, node_inputs
+
+    for node in load(path)["nodes"]:
+        if node["type"] in NOTE_TYPES:
+            continue
+        cls = nodes.NODE_CLASS_MAPPINGS[node["type"]]
+        specs = node_inputs(cls)
+        sockets = [(name, spec[0], optional) for name, spec, optional in specs if not _widget_spec(spec)[0]]
+        listed = [(s["name"], s["type"], s.get("shape") == 7) for s in node["inputs"] if "widget" not in s]
+        assert listed == sockets, node["type"]
+        assert [o["type"] for o in node["outputs"]] == list(cls.RETURN_TYPES), node["type"]
+        widgets = [(n, s, _widget_spec(s)[1]) for n, s, _ in specs if _widget_spec(s)[0]]
+        assert len(node["widgets_values"]) == sum(1 + _has_extra_value(n, s, o) for n, s, o in widgets), node["type"]

@@ -27,7 +27,7 @@ NOTE_TYPES = frozenset({"Note", "MarkdownNote"})
 MUTED, BYPASSED = 2, 4
 WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
 SEED_NAMES = frozenset({"seed", "noise_seed"})
-MAX_STEPS = 2
+MAX_STEPS = 1
 TARGET_SIDE = 64
 LATENT_MULTIPLE = 8
 #: Widgets measured in pixels of the generated image; they are scaled together so masks stay aligned.
