@@ -29,10 +29,17 @@ def test_workflow_runs_in_the_host(path: Path, runner, standins, host_pack) -> N
         runs.append(run_workflow(workflow, runner, standins, include_muted=True))
     for run in runs:
         assert run.result.success
-        saved = [node_id for node_id, node in run.executed.items() if node["class_type"] == "SaveImage"]
-        for node_id in saved:
+        by_type = {}
+        for node_id, node in run.executed.items():
+            by_type.setdefault(node["class_type"], []).append(node_id)
+        for node_id in by_type.get("SaveImage", []):
+            assert len(run.result.ui[node_id]["images"]) == 1
             images = run.result.output(run.executed[node_id]["inputs"]["images"][0])
             assert images.ndim == 4 and torch.isfinite(images).all()
+        for loaded_id in by_type.get("LoadImagePrompt", []):  # save, then load: the very prompt that was saved
+            loaded, saved = run.result.output(loaded_id), run.result.output(by_type["CombineImagePrompts"][0])
+            assert torch.equal(loaded.positive.image_embeds, saved.positive.image_embeds)
+            assert torch.equal(loaded.negative.hidden_states, saved.negative.hidden_states)
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
