@@ -42,7 +42,8 @@ class StandIn:
         folder: the model folder ("checkpoints", "ipadapter", ...) or INPUT.
         match: an fnmatch pattern on the file's base name (case-insensitive), or a predicate on it.
         make: `make(registry, path)` writes the file at `path` (the folder exists).
-        family: the base family the file belongs to ("sd15", "sdxl", ...), for nodes that depend on it.
+        family: what the file is for, when nodes depend on it: the base family of a model file ("sd15", "sdxl",
+            ...; see `upstream_family`), the encoder of a CLIP vision file ("ViT-H/14", ...).
     """
 
     folder: str
