@@ -5,7 +5,8 @@ the LoRA fused into the UNet twin)."""
 
 from __future__ import annotations
 
-import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,31 +120,49 @@ def encode_faces(nodes: FaceNodes, analysis: Any, images: torch.Tensor, clip: An
         return nodes.encode_face.encode(analysis, images, no_face, clip)
 
 
-def fuse_lora_(twin: torch.nn.Module, groups: dict, strength: float) -> int:
+_LORA_TARGETS = {"to_q_lora": "to_q", "to_k_lora": "to_k", "to_v_lora": "to_v", "to_out_lora": "to_out.0"}
+
+
+def fuse_lora_(twin: torch.nn.Module, groups: dict, strength: float) -> dict[str, torch.Tensor]:
     """The official FaceID LoRA math on the diffusers twin: W += strength * up @ down on every processor's
-    to_q / to_k / to_v / to_out.0, with diffusers' own key naming (`_load_ip_adapter_loras`). Returns the count."""
-    targets = {"to_q_lora": "to_q", "to_k_lora": "to_k", "to_v_lora": "to_v", "to_out_lora": "to_out.0"}
+    to_q / to_k / to_v / to_out.0, found with diffusers' own key naming (`_load_ip_adapter_loras`).
+
+    Returns:
+        The original weights of the modules it changed, by module name (to restore them).
+    """
     lora = twin._load_ip_adapter_loras([groups])[0]
-    fused = 0
+    originals = {}
     with torch.no_grad():
         for key, down in lora.items():
             if not key.endswith("_lora.down.weight"):
                 continue
             processor, module = key[len("unet."):].removesuffix(".down.weight").rsplit(".", 1)
-            layer = twin.get_submodule(f"{processor.removesuffix('.processor')}.{targets[module]}")
+            name = f"{processor.removesuffix('.processor')}.{_LORA_TARGETS[module]}"
+            layer = twin.get_submodule(name)
+            originals[name] = layer.weight.detach().clone()
             up = lora[key.replace(".down.weight", ".up.weight")]
             layer.weight += strength * (up.double() @ down.double()).to(layer.weight.dtype)
-            fused += 1
-    return fused
+    return originals
 
 
-def reference_twin(unet: TinyUNet, groups: dict, weight: float, lora_strength: float) -> torch.nn.Module:
-    """The diffusers twin with the adapter loaded by diffusers at scale `weight` and its LoRA fused."""
-    twin = copy.deepcopy(unet.diffusers)
-    if lora_strength:
-        fuse_lora_(twin, groups, lora_strength)
-    load_diffusers_adapters(twin, [groups], [weight])
-    return twin
+@contextmanager
+def diffusers_reference(unet: TinyUNet, groups: dict, weight: float, lora_strength: float
+                        ) -> Iterator[torch.nn.Module]:
+    """The session's diffusers twin with the adapter loaded by diffusers at scale `weight` and its LoRA fused, put
+    back exactly as it was afterwards (copying the twin instead would cost ~1 GB for SDXL)."""
+    twin = unet.diffusers
+    processors = dict(twin.attn_processors)
+    originals = fuse_lora_(twin, groups, lora_strength) if lora_strength else {}
+    try:
+        load_diffusers_adapters(twin, [groups], [weight])
+        yield twin
+    finally:
+        twin.encoder_hid_proj = None  # first: a Plus projection has attention processors of its own
+        twin.config.encoder_hid_dim_type = None
+        twin.set_attn_processor(processors)
+        with torch.no_grad():
+            for name, weight_ in originals.items():
+                twin.get_submodule(name).weight.copy_(weight_)
 
 
 @dataclass(frozen=True)
