@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("insightface")
-pytest.importorskip("onnxruntime")
+from tests.faceid_standins import Face, expected_box, face_photo, require_faceid
+from tests.host.faceid_setup import GATE, GATED, FaceNodes, encode_faces, standin_pack
 
-from tests.faceid_standins import Face, expected_box, face_photo  # noqa: E402
-from tests.host.faceid_setup import GATE, GATED, FaceNodes, encode_faces, standin_pack  # noqa: E402
+require_faceid()
 
 #: scikit-image's deprecation notice inside InsightFace's own alignment (the reference calls it directly).
 pytestmark = pytest.mark.filterwarnings("ignore:.*estimate.*:FutureWarning")

@@ -10,12 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest.importorskip("insightface")
-pytest.importorskip("onnxruntime")
+from tests.faceid_standins import DETECTOR_FILE, RECOGNIZER_FILE, require_faceid
+from tests.host.faceid_setup import STANDIN, FaceNodes, standin_pack
+from tests.host.ipa_setup import adapter_groups, reference_images, write_adapter
 
-from tests.faceid_standins import DETECTOR_FILE, RECOGNIZER_FILE  # noqa: E402
-from tests.host.faceid_setup import STANDIN, FaceNodes, standin_pack  # noqa: E402
-from tests.host.ipa_setup import adapter_groups, reference_images, write_adapter  # noqa: E402
+require_faceid()
 
 OPTIONAL = ("insightface", "insightface.app", "insightface.utils", "insightface.utils.face_align", "onnxruntime")
 

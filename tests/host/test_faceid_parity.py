@@ -10,11 +10,8 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-pytest.importorskip("insightface")
-pytest.importorskip("onnxruntime")
-
-from tests.faceid_standins import Face, face_photo  # noqa: E402
-from tests.host.faceid_setup import (  # noqa: E402
+from tests.faceid_standins import Face, face_photo, require_faceid
+from tests.host.faceid_setup import (
     FaceNodes,
     apply_faceid,
     diffusers_reference,
@@ -25,8 +22,10 @@ from tests.host.faceid_setup import (  # noqa: E402
     twin_crop_hidden,
     write_faceid_adapter,
 )
-from tests.host.ipa_setup import SIGMA, latent, text_conds, twin_batch_eps  # noqa: E402
-from tests.host.predict import host_eps  # noqa: E402
+from tests.host.ipa_setup import SIGMA, latent, text_conds, twin_batch_eps
+from tests.host.predict import host_eps
+
+require_faceid()
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*estimate.*:FutureWarning")
 

@@ -12,13 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-pytest.importorskip("insightface")
-pytest.importorskip("onnxruntime")
+from tests.contract import FRONTEND_ONLY
+from tests.faceid_standins import Face, face_photo, require_faceid
+from tests.host import graph
+from tests.host.faceid_setup import faceid_groups, standin_pack
 
-from tests.contract import FRONTEND_ONLY  # noqa: E402
-from tests.faceid_standins import Face, face_photo  # noqa: E402
-from tests.host import graph  # noqa: E402
-from tests.host.faceid_setup import faceid_groups, standin_pack  # noqa: E402
+require_faceid()
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*estimate.*:FutureWarning")
 
