@@ -4,15 +4,7 @@ Pure torch (plus safetensors); nothing here imports ComfyUI.
 """
 
 from .adapter import IPAdapter, load_ip_adapter
-from .attention import (
-    EMBEDS_SCALING,
-    ImageTerm,
-    decoupled_attention,
-    mask_for_queries,
-    rows_for_chunks,
-    scale_embeds,
-    sdpa_attention,
-)
+from .attention import ImageTerm, decoupled_attention, sdpa_attention
 from .checkpoint import read_checkpoint
 from .encoding import COMBINE_METHODS, ClipEncoding, ImagePrompt, combine
 from .errors import (
@@ -30,6 +22,9 @@ from .face import FaceEmbeds
 from .face_tokens import faceid_tokens
 from .kv_cache import ImageKV
 from .layout import LAYOUTS, SD15_LAYOUT, SDXL_LAYOUT, AttnLayer, BaseFamily, UNetLayout
+from .masks import mask_for_queries
+from .rows import Role, batch_layout, role_of_conditioning
+from .scaling import EMBEDS_SCALING, scale_embeds
 from .spec import AdapterSpec, ClipOutput, ProjectionType
 
 __all__ = [
@@ -37,6 +32,7 @@ __all__ = [
     "AdapterSpec", "AttnLayer", "BaseFamily", "CheckpointFormatError", "ClipEncoding", "ClipOutput", "FaceEmbeds",
     "IPAdapter", "IPAdapterError", "ImageKV", "ImagePrompt", "ImageTerm", "IncompatibleEncodingError",
     "IncompatibleModelError", "InvalidOptionError", "MissingDependencyError", "MissingModelError", "NoFaceError",
-    "ProjectionType", "UNetLayout", "UnsafeCheckpointError", "combine", "decoupled_attention", "faceid_tokens",
-    "load_ip_adapter", "mask_for_queries", "read_checkpoint", "rows_for_chunks", "scale_embeds", "sdpa_attention",
+    "ProjectionType", "Role", "UNetLayout", "UnsafeCheckpointError", "batch_layout", "combine", "decoupled_attention",
+    "faceid_tokens", "load_ip_adapter", "mask_for_queries", "read_checkpoint", "role_of_conditioning",
+    "scale_embeds", "sdpa_attention",
 ]

@@ -9,6 +9,8 @@ token axis (portrait: 16 per face), so one softmax spans all of them.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from .adapter import IPAdapter
@@ -41,8 +43,8 @@ def _as_clip_slots(adapter: IPAdapter, prompt: ImagePrompt) -> ImagePrompt:
     return ImagePrompt(positive, negative)
 
 
-def faceid_tokens(adapter: IPAdapter, prompt: ImagePrompt, method: str, s_scale: float = 1.0
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def faceid_tokens(adapter: IPAdapter, prompt: ImagePrompt, method: str, s_scale: float = 1.0,
+                  project: Callable[..., torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Positive and negative FaceID tokens, every face joined on the token axis.
 
     Args:
@@ -50,6 +52,8 @@ def faceid_tokens(adapter: IPAdapter, prompt: ImagePrompt, method: str, s_scale:
         prompt: a face prompt from Encode Face Prompt: `face` set; for Plus kinds the crops' CLIP encodings.
         method: how several faces combine (`encoding.COMBINE_METHODS`).
         s_scale: the Plus v2 shortcut scale (`weight_faceidv2`); ignored by the other kinds.
+        project: `adapter.project` or a wrapper with its keywords (the host passes one that loads the adapter on
+            its device first); default `adapter.project`.
 
     Returns:
         (positive, negative). Shapes: (1, n * T, C), n the faces left after combining, T the adapter's tokens.
@@ -61,7 +65,8 @@ def faceid_tokens(adapter: IPAdapter, prompt: ImagePrompt, method: str, s_scale:
     _check(adapter, prompt)
     combined = combine(_as_clip_slots(adapter, prompt), method)
     width = adapter.spec.cross_attention_dim
+    project = adapter.project if project is None else project
     with torch.no_grad():
-        tokens = [adapter.project(clip=enc.hidden_states, face_id=enc.image_embeds, s_scale=s_scale)
+        tokens = [project(clip=enc.hidden_states, face_id=enc.image_embeds, s_scale=s_scale)
                   for enc in (combined.positive, combined.negative)]
     return tokens[0].reshape(1, -1, width), tokens[1].reshape(1, -1, width)

@@ -3,14 +3,17 @@ every selected layer, the checkpoint's LoRA through the host's LoRA loading)."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
 from ..ip_adapter import COMBINE_METHODS, EMBEDS_SCALING, ImagePrompt, IncompatibleEncodingError, faceid_tokens
-from ..ip_adapter.attention import check_embeds_scaling
+from ..ip_adapter.entry import check_window
+from ..ip_adapter.scaling import check_embeds_scaling
 from ..ip_adapter.weight_types import WEIGHT_TYPES
 from .apply_ip_adapter import PERCENT, WEIGHT_RANGE, apply_tokens
 from .faceid_lora import apply_faceid_lora
-from .loaded import LoadedAdapter
+from .loaded import LoadedAdapter, project
 from .model_checks import check_model
 
 LORA_RANGE = {"default": 0.6, "min": 0.0, "max": 2.0, "step": 0.05}
@@ -70,8 +73,10 @@ class ApplyIPAdapterFaceID:
               embeds_scaling: str, attn_mask: torch.Tensor | None = None) -> tuple:
         _check_faceid(ipadapter)
         check_model(model, ipadapter.adapter)
-        check_embeds_scaling(embeds_scaling)
-        positive, negative = faceid_tokens(ipadapter.adapter, face_prompt, combine_images, weight_faceidv2)
+        check_embeds_scaling(embeds_scaling)  # fail before sampling, not inside it
+        check_window(start_at, end_at)
+        positive, negative = faceid_tokens(ipadapter.adapter, face_prompt, combine_images, weight_faceidv2,
+                                           partial(project, ipadapter))
         with_lora = apply_faceid_lora(model, ipadapter.adapter, lora_strength)
         if weight == 0:  # the LoRA is independent of the weight
             return (with_lora if with_lora is not model else model.clone(),)

@@ -12,7 +12,7 @@ import comfy.utils
 import numpy as np
 import torch
 
-from ..ip_adapter import NoFaceError
+from ..ip_adapter import InvalidOptionError, NoFaceError
 from ..ip_adapter.face import ALIGNED_CROP_SIZE, DETECTION_SIZES, from_bgr_uint8, largest_face, to_bgr_uint8
 from .insightface_runtime import FaceAnalysisModel
 
@@ -91,6 +91,8 @@ def detect_faces(model: FaceAnalysisModel, images: torch.Tensor, no_face: str) -
     Raises:
         NoFaceError: an image without a face with `no_face="error"`, or no face at all with "skip".
     """
+    if no_face not in NO_FACE_OPTIONS:
+        raise InvalidOptionError(f"Unknown no_face '{no_face}'; choose one of {', '.join(NO_FACE_OPTIONS)}.")
     progress = comfy.utils.ProgressBar(len(images)) if len(images) > 1 else None
     found, missing = [], []
     for index, image in enumerate(images):
@@ -104,7 +106,7 @@ def detect_faces(model: FaceAnalysisModel, images: torch.Tensor, no_face: str) -
                 log.info("Image %d: face found at detection size %d", index, face.det_size)
         if progress is not None:
             progress.update(1)
-    if missing and (no_face != "skip" or not found):
+    if missing and (no_face == "error" or not found):
         raise _no_face_error(missing, len(images), no_face == "skip")
     if missing:
         log.warning("Encode Face Prompt: skipped %d of %d images without a face: %s", len(missing), len(images),

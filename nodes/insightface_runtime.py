@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from ..ip_adapter import MissingDependencyError, MissingModelError
+from ..ip_adapter import InvalidOptionError, MissingDependencyError, MissingModelError
 from ..ip_adapter.face import DETECTION_SIZES
 from .insightface_folder import ModelPack
 
@@ -75,6 +75,8 @@ def execution_providers(onnxruntime: ModuleType, provider: str) -> list[str]:
     Raises:
         MissingDependencyError: the installed ONNX Runtime lacks it; the message names the package to install.
     """
+    if provider not in PROVIDERS:
+        raise InvalidOptionError(f"Unknown provider '{provider}'; choose one of {', '.join(PROVIDERS)}.")
     name, package = PROVIDERS[provider]
     available = list(onnxruntime.get_available_providers())
     if name not in available:

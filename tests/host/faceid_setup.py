@@ -15,7 +15,7 @@ import torch
 
 from tests.diffusers_reference import attn2_widths, load_diffusers_adapters
 from tests.faceid_standins import build_pack
-from tests.factories import Shapes, faceid_plus_shapes, faceid_shapes, layer_shapes, lora_shapes, resampler_shapes
+from tests.factories import Shapes, faceid_shapes, layer_shapes, lora_shapes, resampler_shapes
 from tests.host.tiny_models import TinyClipVision, TinyUNet
 
 FACE_ID = 512
@@ -44,10 +44,23 @@ def standin_pack(host_models: Any, name: str = STANDIN, gate: float | None = Non
     return name
 
 
-def image_proj_shapes_for(kind: str, cross: int, clip: TinyClipVision) -> Shapes:
+#: diffusers' FaceID Plus projection has 4 perceiver blocks (it does not read the depth from the weights).
+OFFICIAL_DEPTH = 4
+
+
+def _faceid_plus_shapes(cross: int, clip_hidden: int, depth: int) -> Shapes:
+    shapes = faceid_shapes(cross, 4)
+    perceiver = resampler_shapes(cross, cross // 64, 0, clip_hidden, cross, depth=depth, latents=False)
+    shapes.update({f"perceiver_resampler.{k}": v for k, v in perceiver.items()})
+    return shapes
+
+
+def image_proj_shapes_for(kind: str, cross: int, clip: TinyClipVision, depth: int = OFFICIAL_DEPTH) -> Shapes:
+    """`image_proj` shapes of a FaceID kind for the tiny models; `depth` sets the Plus perceiver's blocks (the pack
+    reads it from the weights; fewer blocks make a much smaller file when no diffusers comparison is made)."""
     table = {
         "faceid": lambda: faceid_shapes(cross, 4),
-        "faceid-plusv2": lambda: faceid_plus_shapes(cross, clip.config["hidden_size"]),
+        "faceid-plusv2": lambda: _faceid_plus_shapes(cross, clip.config["hidden_size"], depth),
         "faceid-portrait": lambda: faceid_shapes(cross, PORTRAIT_TOKENS),
         "faceid-portrait-unnorm": lambda: resampler_shapes(UNNORM_DIM, UNNORM_HEADS, PORTRAIT_TOKENS, FACE_ID, cross),
     }
@@ -70,13 +83,14 @@ def fan_in_tensors(shapes: Shapes, seed: int) -> dict[str, torch.Tensor]:
     return out
 
 
-def faceid_groups(kind: str, unet: TinyUNet, clip: TinyClipVision, seed: int = 0) -> dict[str, dict]:
+def faceid_groups(kind: str, unet: TinyUNet, clip: TinyClipVision, seed: int = 0,
+                  depth: int = OFFICIAL_DEPTH) -> dict[str, dict]:
     """An official-format FaceID checkpoint sized for `unet` (LoRA of rank 4 at every processor for FaceID / Plus)."""
     widths, cross = attn2_widths(unet.diffusers), unet.context_dim
     ad = layer_shapes(widths, cross)
     if kind in WITH_LORA:
         ad.update(lora_shapes(widths, cross, rank=LORA_RANK))
-    return {"image_proj": fan_in_tensors(image_proj_shapes_for(kind, cross, clip), seed),
+    return {"image_proj": fan_in_tensors(image_proj_shapes_for(kind, cross, clip, depth), seed),
             "ip_adapter": fan_in_tensors(ad, seed + 1)}
 
 

@@ -85,6 +85,8 @@ def test_no_face_is_an_error_that_names_the_image_and_the_skip_option(nodes, ana
     images = torch.cat([face_photo(Face(5, 5)), torch.zeros(1, 640, 640, 3)])
     with pytest.raises(nodes.core.NoFaceError, match=r"image\(s\) 1 of 2.*no_face.*skip"):
         encode_faces(nodes, analysis, images)
+    with pytest.raises(nodes.core.InvalidOptionError, match="Unknown no_face 'ignore'"):
+        encode_faces(nodes, analysis, images, no_face="ignore")
 
 
 def test_skip_drops_frames_without_a_face_and_logs_them(nodes, analysis, caplog) -> None:

@@ -81,6 +81,8 @@ def test_a_provider_the_runtime_lacks_names_the_package(nodes, host_models) -> N
         nodes.load_insightface.load(standin_pack(host_models), missing)
     message = str(error.value)
     assert runtime.PROVIDERS[missing][1] in message and sys.executable in message and "CPUExecutionProvider" in message
+    with pytest.raises(nodes.core.InvalidOptionError, match="Unknown provider 'Vulkan'"):
+        nodes.load_insightface.load(standin_pack(host_models), "Vulkan")  # e.g. a workflow edited by hand
 
 
 @pytest.mark.parametrize("hidden, package", [(OPTIONAL[:-1], "insightface"), (OPTIONAL[-1:], "onnxruntime")])
