@@ -9,6 +9,7 @@ from typing import Callable
 import torch
 
 from .errors import InvalidOptionError
+from .face import FaceEmbeds
 from .spec import ClipOutput
 
 COMBINE_METHODS = ("concat", "add", "subtract", "average", "norm average")
@@ -46,17 +47,23 @@ class ImagePrompt:
 
     The reference convention for the negative is zeros for `image_embeds` and the encoding of an all-zero
     *normalised* pixel tensor for `hidden_states` (what the adapters saw when the image was dropped in training).
+
+    Face prompts (Encode Face Prompt) also carry `face`, the InsightFace identity embeddings of the same N images,
+    and their CLIP encodings are those of the aligned face crops (empty, width 0, without a CLIP vision model).
     """
 
     positive: ClipEncoding
     negative: ClipEncoding
+    face: FaceEmbeds | None = None
 
     @property
     def num_images(self) -> int:
         return self.positive.num_images
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> ImagePrompt:
-        return ImagePrompt(*(e.map(lambda t: t.to(device=device, dtype=dtype)) for e in (self.positive, self.negative)))
+        move = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
+        face = None if self.face is None else self.face.map(move)
+        return ImagePrompt(self.positive.map(move), self.negative.map(move), face)
 
 
 def fit_images(t: torch.Tensor, n: int) -> torch.Tensor:

@@ -25,3 +25,17 @@ class IncompatibleEncodingError(IPAdapterError, ValueError):
 
 class InvalidOptionError(IPAdapterError, ValueError):
     """A node option outside its list (e.g. a workflow saved by a newer version, edited by hand)."""
+
+
+class MissingDependencyError(IPAdapterError, ImportError):
+    """An optional package is not installed (insightface, onnxruntime or one of its execution providers); the message
+    carries the pip command for the host's own Python."""
+
+
+class MissingModelError(IPAdapterError, FileNotFoundError):
+    """A model a node needs is not where the pack looks for it (e.g. an InsightFace pack); the message names the folder
+    and the files to put there."""
+
+
+class NoFaceError(IPAdapterError, ValueError):
+    """InsightFace found no face in a reference image (at any detection size)."""

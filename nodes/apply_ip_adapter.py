@@ -23,7 +23,7 @@ def image_tokens(loaded: LoadedAdapter, prompt: ImagePrompt, method: str) -> tup
     if adapter.spec.is_faceid:
         raise IncompatibleEncodingError(
             f"'{adapter.name}' is a {adapter.spec.kind} adapter: it needs InsightFace face embeddings, which "
-            "Encode Image Prompt does not produce. Use a non-FaceID adapter with this node.")
+            "Encode Image Prompt does not produce. Use Apply IP-Adapter FaceID with Encode Face Prompt for it.")
     combined = combine(prompt, method)
     which = adapter.spec.clip_output
     pos, neg = (project(loaded, clip=enc.output(which)) for enc in (combined.positive, combined.negative))
