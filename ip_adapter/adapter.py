@@ -10,7 +10,10 @@ from torch import nn
 
 from .checkpoint import CheckpointGroups, read_checkpoint
 from .detect import detect
-from .errors import CheckpointFormatError, IncompatibleEncodingError
+from .dit.joint import JointLayerWeights
+from .dit.time_resampler import TimeResampler
+from .errors import CheckpointFormatError, IncompatibleEncodingError, IPAdapterError
+from .layout import BaseFamily
 from .projection import FaceIDProjModel, ImageProjModel, MLPProjModel, ProjPlusModel
 from .resampler import Resampler
 from .spec import ENCODER_FILES, AdapterSpec, ClipOutput, ProjectionType, encoder_name
@@ -22,7 +25,10 @@ _PROJECTIONS: dict[ProjectionType, type[nn.Module]] = {
     ProjectionType.RESAMPLER: Resampler,
     ProjectionType.FACEID_MLP: FaceIDProjModel,
     ProjectionType.FACEID_PLUS: ProjPlusModel,
+    ProjectionType.TIME_RESAMPLER: TimeResampler,
 }
+#: Per-layer weights by family; the UNet families (and XLabs' FLUX.1 adapters, with biases) use LayerWeights.
+_LAYER_WEIGHTS: dict[BaseFamily, type[nn.Module]] = {BaseFamily.SD35_LARGE: JointLayerWeights}
 
 
 def _load_strict(module: nn.Module, sd: dict[str, torch.Tensor], name: str, group: str) -> None:
@@ -50,7 +56,7 @@ def _build(make: Callable[[], nn.Module], name: str, what: str) -> nn.Module:
 class IPAdapter(nn.Module):
     """An IP-Adapter checkpoint ready to compute image tokens and per-layer image keys/values."""
 
-    def __init__(self, spec: AdapterSpec, image_proj: nn.Module, layers: LayerWeights, name: str,
+    def __init__(self, spec: AdapterSpec, image_proj: nn.Module, layers: LayerWeights | JointLayerWeights, name: str,
                  lora: dict[str, torch.Tensor] | None = None) -> None:
         super().__init__()
         self.spec, self.name = spec, name
@@ -71,7 +77,8 @@ class IPAdapter(nn.Module):
                 for g, sd in (("image_proj", groups.image_proj), ("ip_adapter", ip_layers))}
         image_proj = _build(lambda: _PROJECTIONS[spec.projection].from_state_dict(cast["image_proj"]),
                             groups.name, f"{spec.projection.value} projection ('image_proj' group)")
-        layers = _build(lambda: LayerWeights.from_state_dict(cast["ip_adapter"]), groups.name, "'ip_adapter' group")
+        layer_class = _LAYER_WEIGHTS.get(spec.family, LayerWeights)
+        layers = _build(lambda: layer_class.from_state_dict(cast["ip_adapter"]), groups.name, "'ip_adapter' group")
         _load_strict(image_proj, cast["image_proj"], groups.name, "image_proj")
         _load_strict(layers, cast["ip_adapter"], groups.name, "ip_adapter")
         return cls(spec, image_proj, layers, groups.name, lora).requires_grad_(False).eval()
@@ -115,6 +122,9 @@ class IPAdapter(nn.Module):
             Tokens. Shape: (N, num_tokens, cross_attention_dim).
         """
         spec, p = self.spec, self.image_proj
+        if spec.projection is ProjectionType.TIME_RESAMPLER:
+            raise IPAdapterError(f"'{self.name}' makes timestep-dependent tokens; project them with "
+                                 "ip_adapter.dit.tokens.TimedTokens, not IPAdapter.project")
         if spec.clip_output is not None:
             self.check_clip_input(clip, spec.clip_output)
             clip = clip.to(self.device, self.dtype)

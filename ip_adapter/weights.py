@@ -27,7 +27,8 @@ def _layer(sd: StateDict, index: int) -> nn.ModuleDict:
     for name in ("to_k_ip", "to_v_ip"):
         if f"{index}.{name}.weight" in sd:
             out_f, in_f = shape_of(sd, f"{index}.{name}.weight")
-            modules[name] = nn.Linear(in_f, out_f, bias=False)
+            # XLabs' FLUX.1 adapters carry biases; the UNet adapters do not.
+            modules[name] = nn.Linear(in_f, out_f, bias=f"{index}.{name}.bias" in sd)
     return nn.ModuleDict(modules)
 
 
