@@ -8,6 +8,7 @@ from ..ip_adapter import COMBINE_METHODS, EMBEDS_SCALING, ImageKV, ImagePrompt, 
 from ..ip_adapter.attention import check_embeds_scaling
 from ..ip_adapter.layout import UNetLayout
 from ..ip_adapter.weight_types import WEIGHT_TYPES, LayerRule, layer_schedule
+from .dit.apply import apply_dit
 from .loaded import LoadedAdapter
 from .model_checks import check_model
 from .patch import AdapterEntry, IPAdapterAttn2Patch
@@ -101,6 +102,9 @@ class ApplyIPAdapter:
     def apply(self, model, ipadapter: LoadedAdapter, image_prompt: ImagePrompt, weight: float, weight_type: str,
               combine_images: str, start_at: float, end_at: float, embeds_scaling: str,
               attn_mask: torch.Tensor | None = None) -> tuple:
+        if ipadapter.adapter.spec.is_dit:  # FLUX.1 / SD3.5 adapters patch transformer blocks (nodes/dit)
+            return (apply_dit(model, ipadapter, image_prompt, weight, weight_type, combine_images, start_at, end_at,
+                              embeds_scaling, attn_mask),)
         check_model(model, ipadapter.adapter)
         check_embeds_scaling(embeds_scaling)  # fail before sampling, not inside it
         if weight == 0:

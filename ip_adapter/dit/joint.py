@@ -35,7 +35,7 @@ def rms_norm_heads(x: torch.Tensor, weight: torch.Tensor, eps: float = RMS_EPS) 
     b, n, inner = x.shape
     heads = x.view(b, n, -1, weight.shape[0])
     variance = heads.float().pow(2).mean(-1, keepdim=True)
-    normed = (heads.float() * torch.rsqrt(variance + eps)).to(x.dtype) * weight.to(x.dtype)
+    normed = (heads.float() * torch.rsqrt(variance + eps)).to(x.dtype) * weight.to(x.device, x.dtype)
     return normed.view(b, n, inner)
 
 
