@@ -4,15 +4,7 @@ Pure torch (plus safetensors); nothing here imports ComfyUI.
 """
 
 from .adapter import IPAdapter, load_ip_adapter
-from .attention import (
-    EMBEDS_SCALING,
-    ImageTerm,
-    decoupled_attention,
-    mask_for_queries,
-    rows_for_chunks,
-    scale_embeds,
-    sdpa_attention,
-)
+from .attention import ImageTerm, decoupled_attention, sdpa_attention
 from .checkpoint import read_checkpoint
 from .encoding import COMBINE_METHODS, ClipEncoding, ImagePrompt, combine
 from .errors import (
@@ -25,13 +17,16 @@ from .errors import (
 )
 from .kv_cache import ImageKV
 from .layout import LAYOUTS, SD15_LAYOUT, SDXL_LAYOUT, AttnLayer, BaseFamily, UNetLayout
+from .masks import mask_for_queries
+from .rows import Role, batch_layout, role_of_conditioning
+from .scaling import EMBEDS_SCALING, scale_embeds
 from .spec import AdapterSpec, ClipOutput, ProjectionType
 
 __all__ = [
     "COMBINE_METHODS", "EMBEDS_SCALING", "LAYOUTS", "SD15_LAYOUT", "SDXL_LAYOUT",
     "AdapterSpec", "AttnLayer", "BaseFamily", "CheckpointFormatError", "ClipEncoding", "ClipOutput", "IPAdapter",
     "IPAdapterError", "ImageKV", "ImagePrompt", "ImageTerm", "IncompatibleEncodingError", "IncompatibleModelError",
-    "InvalidOptionError",
-    "ProjectionType", "UNetLayout", "UnsafeCheckpointError", "combine", "decoupled_attention", "load_ip_adapter",
-    "mask_for_queries", "read_checkpoint", "rows_for_chunks", "scale_embeds", "sdpa_attention",
+    "InvalidOptionError", "ProjectionType", "Role", "UNetLayout", "UnsafeCheckpointError", "batch_layout", "combine",
+    "decoupled_attention", "load_ip_adapter", "mask_for_queries", "read_checkpoint", "role_of_conditioning",
+    "scale_embeds", "sdpa_attention",
 ]

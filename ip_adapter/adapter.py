@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from functools import partial
 from typing import Callable
 
 import torch
@@ -14,6 +15,7 @@ from .dit.joint import JointLayerWeights
 from .dit.time_resampler import TimeResampler
 from .errors import CheckpointFormatError, IncompatibleEncodingError, IPAdapterError
 from .layout import BaseFamily
+from .placement import compute_dtype, run_on
 from .projection import FaceIDProjModel, ImageProjModel, MLPProjModel, ProjPlusModel
 from .resampler import Resampler
 from .spec import ENCODER_FILES, AdapterSpec, ClipOutput, ProjectionType, encoder_name
@@ -109,9 +111,11 @@ class IPAdapter(nn.Module):
             )
 
     def project(
-        self, clip: torch.Tensor | None = None, face_id: torch.Tensor | None = None, s_scale: float = 1.0
+        self, clip: torch.Tensor | None = None, face_id: torch.Tensor | None = None, s_scale: float = 1.0,
+        device: torch.device | str | None = None,
     ) -> torch.Tensor:
-        """Image tokens for N images.
+        """Image tokens for N images, computed on `device` (default: where the weights are) in its compute dtype
+        (float32 on the CPU); the weights are cast for the call only, so a partially loaded adapter works too.
 
         Args:
             clip: the CLIP output the adapter consumes: (N, P) image_embeds or (N, T, H) hidden states.
@@ -119,24 +123,24 @@ class IPAdapter(nn.Module):
             s_scale: FaceID PlusV2 shortcut scale.
 
         Returns:
-            Tokens. Shape: (N, num_tokens, cross_attention_dim).
+            Tokens in the compute dtype. Shape: (N, num_tokens, cross_attention_dim).
         """
-        spec, p = self.spec, self.image_proj
+        spec = self.spec
         if spec.projection is ProjectionType.TIME_RESAMPLER:
             raise IPAdapterError(f"'{self.name}' makes timestep-dependent tokens; project them with "
                                  "ip_adapter.dit.tokens.TimedTokens, not IPAdapter.project")
+        device = torch.device(device) if device is not None else self.device
+        dtype = compute_dtype(device, self.dtype)
         if spec.clip_output is not None:
             self.check_clip_input(clip, spec.clip_output)
-            clip = clip.to(self.device, self.dtype)
-        if spec.is_faceid:
-            if face_id is None:
-                raise IncompatibleEncodingError(f"'{self.name}' ({spec.kind}) needs a face ID embedding.")
-            face_id = face_id.to(self.device, self.dtype)
+        if spec.is_faceid and face_id is None:
+            raise IncompatibleEncodingError(f"'{self.name}' ({spec.kind}) needs a face ID embedding.")
+        run = partial(run_on, self.image_proj, device, dtype)
         if spec.projection is ProjectionType.FACEID_PLUS:
-            return p(face_id, clip, shortcut=spec.shortcut, s_scale=s_scale)
+            return run(face_id, clip, shortcut=spec.shortcut, s_scale=s_scale)
         if spec.projection is ProjectionType.RESAMPLER and spec.is_faceid:
-            return p(face_id.reshape(face_id.shape[0], -1, spec.face_id_dim))
-        return p(face_id if spec.is_faceid else clip)
+            return run(face_id.reshape(face_id.shape[0], -1, spec.face_id_dim))
+        return run(face_id if spec.is_faceid else clip)
 
     def project_kv(self, index: int, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Image keys and values of layer `index`: (B, T, C) -> two (B, T, width)."""

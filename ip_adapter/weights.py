@@ -7,8 +7,10 @@ from __future__ import annotations
 import re
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from .placement import compute_dtype
 from .statedict import StateDict, shape_of
 
 #: FaceID LoRA keys inside the `ip_adapter` group: "<n>.to_{q,k,v,out}_lora.{down,up}.weight".
@@ -32,6 +34,12 @@ def _layer(sd: StateDict, index: int) -> nn.ModuleDict:
     return nn.ModuleDict(modules)
 
 
+def _project(linear: nn.Linear, tokens: torch.Tensor) -> torch.Tensor:
+    weight, bias = linear.weight, linear.bias
+    dtype = compute_dtype(weight.device, weight.dtype)
+    return F.linear(tokens.to(weight.device, dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
+
+
 class LayerWeights(nn.ModuleDict):
     """`{"<index>": ModuleDict(to_k_ip=Linear, to_v_ip=Linear)}`; state-dict keys equal the file's `ip_adapter` keys
     (LoRA keys excluded, see `split_lora`)."""
@@ -47,12 +55,10 @@ class LayerWeights(nn.ModuleDict):
         return [int(i) for i in self]
 
     def project_kv(self, index: int, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """tokens: (B, T, C) -> image keys and values (B, T, width) for layer `index`."""
+        """tokens: (B, T, C) -> image keys and values (B, T, width) for layer `index`, each computed where its weight
+        is (a partial low-VRAM load can leave them on different devices), in that device's compute dtype."""
         layer = self[str(index)]
-        # Weights may sit on different devices when the host loads the adapter partially (low VRAM).
-        k_proj, v_proj = layer["to_k_ip"], layer["to_v_ip"]
-        k = k_proj(tokens.to(k_proj.weight.device, k_proj.weight.dtype))
-        return k, v_proj(tokens.to(v_proj.weight.device, v_proj.weight.dtype))
+        return tuple(_project(layer[name], tokens) for name in ("to_k_ip", "to_v_ip"))
 
     def width(self, index: int) -> int:
         """Inner dim of layer `index` (rows of its to_k_ip)."""

@@ -50,6 +50,13 @@ def storage_dtype() -> torch.dtype:
     return torch.float16 if mm.should_use_fp16() else torch.float32
 
 
+def project(loaded: LoadedAdapter, **inputs: torch.Tensor | float | None) -> torch.Tensor:
+    """`IPAdapter.project` where the host loads the adapter (its load device, in that device's compute dtype)."""
+    mm.load_models_gpu([loaded.patcher])
+    with torch.no_grad():
+        return loaded.adapter.project(device=loaded.patcher.load_device, **inputs)
+
+
 def load_adapter(path: str) -> LoadedAdapter:
     """Load `path` once per process (keyed by path, size and modification time) and wrap it for the host."""
     stat = os.stat(path)

@@ -26,16 +26,16 @@ LAYER_KEYS = ("norm_ip.linear.weight", "norm_ip.linear.bias", "to_k_ip.weight", 
 
 
 def rms_norm_heads(x: torch.Tensor, weight: torch.Tensor, eps: float = RMS_EPS) -> torch.Tensor:
-    """RMS norm over each head's channels (statistics in fp32), times a per-channel weight.
+    """RMS norm over each head's channels (statistics in at least fp32), times a per-channel weight.
 
     Args:
         x: Shape: (B, N, heads * head_dim).
         weight: Shape: (head_dim,).
     """
     b, n, inner = x.shape
-    heads = x.view(b, n, -1, weight.shape[0])
-    variance = heads.float().pow(2).mean(-1, keepdim=True)
-    normed = (heads.float() * torch.rsqrt(variance + eps)).to(x.dtype) * weight.to(x.device, x.dtype)
+    heads = x.view(b, n, -1, weight.shape[0]).to(torch.promote_types(x.dtype, torch.float32))
+    variance = heads.pow(2).mean(-1, keepdim=True)
+    normed = (heads * torch.rsqrt(variance + eps)).to(x.dtype) * weight.to(x.device, x.dtype)
     return normed.view(b, n, inner)
 
 
@@ -71,18 +71,17 @@ class JointLayer(nn.Module):
         self.to_v_ip = nn.Linear(token_width, width, bias=False)
         self.norm_q, self.norm_k, self.norm_ip_k = _Weight(head_dim), _Weight(head_dim), _Weight(head_dim)
 
-    def image_kv(self, tokens: torch.Tensor, temb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised image keys and values for this block.
+    def forward(self, tokens: torch.Tensor, temb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised image keys and values for this block (run it with `placement.run_on`).
 
         Args:
             tokens: the resampler's tokens. Shape: (B, T, C).
             temb: its timestep embedding. Shape: (B, D).
 
         Returns:
-            k, v. Shapes: (B, T, width), in the layer's dtype.
+            k, v. Shapes: (B, T, width).
         """
-        dtype = self.to_k_ip.weight.dtype
-        ip = self.norm_ip(tokens.to(dtype), temb.to(dtype))
+        ip = self.norm_ip(tokens, temb)
         return rms_norm_heads(self.to_k_ip(ip), self.norm_ip_k.weight), self.to_v_ip(ip)
 
     def attention(self, q_raw: torch.Tensor, k_raw: torch.Tensor, v: torch.Tensor, ip_k: torch.Tensor,

@@ -124,8 +124,11 @@ class TimeResampler(nn.Module):
                    embedding_dim=embedding_dim, output_dim=shape_of(sd, "proj_out.weight")[0],
                    timestep_dim=shape_of(sd, "time_embedding.linear_1.weight")[1])
 
-    def forward(self, x: torch.Tensor, timestep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: (B, T, E); timestep: (B,). Returns tokens (B, Q, C) and the timestep embedding (B, D)."""
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: (B, T, E); timestep: (B,) or one value for every row (kept in float32 whatever the weights' dtype).
+        Returns tokens (B, Q, C) and the timestep embedding (B, D)."""
+        if not isinstance(timestep, torch.Tensor):
+            timestep = torch.full((x.shape[0],), float(timestep), device=x.device)
         temb = self.time_embedding(timestep)
         x = self.proj_in(x) + temb[:, None]
         latents = self.latents.expand(x.shape[0], -1, -1)

@@ -6,11 +6,15 @@ from __future__ import annotations
 import torch
 
 from ..adapter import IPAdapter
+from ..placement import compute_dtype, run_on
 from .time_resampler import TimeResampler
 
 
 class TimedTokens:
     """Positive and negative tokens of one adapter at the current timestep, computed on demand and cached.
+
+    They are computed where the adapter's weights are (the host loads them with the model), in that device's
+    compute dtype.
 
     Args:
         adapter: an adapter whose `image_proj` is a TimeResampler.
@@ -27,23 +31,21 @@ class TimedTokens:
         self._key: tuple | None = None
         self._value: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def get(self, timestep: float, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    def get(self, timestep: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokens and timestep embedding at `timestep`; row 0 positive, row 1 negative.
 
         Returns:
             tokens: every image's tokens joined on the token axis. Shape: (2, N * Q, C).
             temb: Shape: (2, D).
         """
-        key = (float(timestep), torch.device(device), dtype)
+        device = self.adapter.device
+        dtype = compute_dtype(device, self.adapter.dtype)
+        key = (float(timestep), device, dtype)
         if self._key != key:
-            proj = self.adapter.image_proj
-            weight = proj.proj_in.weight
-            with torch.no_grad():
-                t = torch.full((self.features.shape[0],), float(timestep), device=weight.device)
-                tokens, temb = proj(self.features.to(weight.device, weight.dtype), t)
+            with torch.no_grad():  # the timestep goes as a float: a half-precision tensor would round it
+                tokens, temb = run_on(self.adapter.image_proj, device, dtype, self.features, float(timestep))
             n = self.num_images
-            tokens = tokens.reshape(2, n * tokens.shape[1], tokens.shape[2])
-            self._value = (tokens.to(device, dtype), temb[::n].to(device, dtype))
+            self._value = (tokens.reshape(2, n * tokens.shape[1], tokens.shape[2]), temb[::n])
             self._key = key
         return self._value
 

@@ -13,8 +13,10 @@ from comfy.ldm.flux.layers import DoubleStreamBlock, apply_mod
 
 from ...ip_adapter import ImageTerm
 from ...ip_adapter.attention import image_attention
-from .entry import DiTEntry, Rows
-from .host import CallContext, host_attention
+from ...ip_adapter.dit.block_patch import CallContext
+from ...ip_adapter.dit.entry import DiTEntry
+from ...ip_adapter.run_plan import plan_of
+from .host import host_attention
 
 
 def image_queries(block: DoubleStreamBlock, img: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
@@ -34,17 +36,18 @@ def run(index: int, entries: tuple[DiTEntry, ...], args: dict, original, context
         original: the block below ours (the host's block, or a foreign patch wrapping it): args -> {"img", "txt"}.
     """
     to = args["transformer_options"]
-    weighted = [(entry, w) for entry in entries if (w := entry.weight(index, to)) != 0]
+    plan = plan_of(to)
+    weighted = [(entry, w) for entry in entries if (w := entry.weight(index, plan, to)) != 0]
     img_in = args["img"]
     out = original(args)
     if not weighted:
         return out
     block = context.diffusion_model.double_blocks[index]
     q = image_queries(block, img_in, args["vec"])
-    rows = Rows.of(to, q.shape[0])
+    rows, layout = plan.row_index(to, q), plan.layout(to, q.shape[0])
     img = out["img"]
     for entry, w in weighted:
         k, v = entry.image_kv(index, rows, q.device, q.dtype)
-        term = ImageTerm(k, v, w, entry.row_mask(rows, q.shape[1], context.token_grid, q))
+        term = ImageTerm(k, v, w, entry.row_mask(layout, q.shape[1], context.token_grid, q))
         img = img + image_attention(q, term, block.num_heads, host_attention(to)).to(img.dtype)
     return {**out, "img": img}

@@ -1,15 +1,15 @@
 """The APPLY_MODEL wrapper of a DiT patched by this pack, run on every model call (Skip Layer Guidance's extra pass
 included). It gives the block patches the running transformer and the latent size, and keeps our block patches in
-place: where a foreign dit patch took one of our keys after we registered (the last writer wins in the host), the
-foreign patch is run around ours instead of replacing it.
+place: where a foreign dit patch took one of our keys (the last writer wins in the host) after the run-plan wrapper
+re-joined them at sampling start, e.g. inside a guidance pass, the foreign patch runs around ours instead of
+replacing it.
 """
 
 from __future__ import annotations
 
 from comfy.patcher_extension import WrappersMP
 
-from .host import CONTEXT_KEY, CallContext
-from .patch import DiTBlockPatch, OurBlock
+from ...ip_adapter.dit.block_patch import CONTEXT_KEY, CallContext, DiTBlockPatch, OurBlock
 
 GUARD_KEY = "ip_adapter_dit"
 WRAPPER_TYPE = WrappersMP.APPLY_MODEL

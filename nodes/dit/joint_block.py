@@ -12,8 +12,11 @@ from __future__ import annotations
 import torch
 from comfy.ldm.modules.diffusionmodules.mmdit import JointBlock, modulate, split_qkv
 
-from .entry import DiTEntry, Rows
-from .host import AttentionFn, CallContext, host_attention
+from ...ip_adapter.dit.block_patch import CallContext
+from ...ip_adapter.dit.entry import DiTEntry
+from ...ip_adapter.placement import compute_dtype, run_on
+from ...ip_adapter.run_plan import RunPlan, plan_of
+from .host import AttentionFn, host_attention
 
 #: adaLN chunks of a (non dual-attention) x block: shift/scale/gate for attention, shift/scale/gate for the MLP.
 X_MODULATION_CHUNKS = 6
@@ -31,18 +34,21 @@ def _image_qkv(block: JointBlock, x: torch.Tensor, c: torch.Tensor) -> tuple[tup
     return normed, raw, (gate_msa, shift_mlp, scale_mlp, gate_mlp)
 
 
-def _ip_terms(index: int, weighted: list, raw: tuple, rows: Rows, heads: int, to: dict, context: CallContext,
+def _ip_terms(index: int, weighted: list, raw: tuple, plan: RunPlan, heads: int, to: dict, context: CallContext,
               attention: AttentionFn) -> torch.Tensor:
     """Sum of `weight * mask * JointIPAttn` over the active entries. Shape: (B, L, hidden)."""
     q_raw, k_raw, v = raw
+    rows, layout = plan.row_index(to, q_raw), plan.layout(to, q_raw.shape[0])
     total = torch.zeros_like(q_raw)
     for entry, w in weighted:
-        layer = entry.loaded.adapter.layers.layer(index)
-        weight = layer.to_k_ip.weight  # tokens and image K/V are made where the adapter lives, then moved to q
-        tokens, temb = entry.tokens(to, weight.device, weight.dtype)
-        ip_k, ip_v = (rows.expand(t.to(q_raw.device, q_raw.dtype)) for t in layer.image_kv(tokens, temb))
-        term = layer.attention(q_raw, k_raw, v, ip_k, ip_v, heads, attention)
-        mask = entry.row_mask(rows, q_raw.shape[1], context.token_grid, q_raw)
+        adapter = entry.adapter
+        tokens, temb = entry.tokens(plan, to)  # made where the adapter is loaded, once per step
+        with torch.no_grad():
+            pair = run_on(adapter.layers.layer(index), tokens.device, compute_dtype(tokens.device, adapter.dtype),
+                          tokens, temb)
+        ip_k, ip_v = (t.to(q_raw.device, q_raw.dtype).index_select(0, rows) for t in pair)
+        term = adapter.layers.layer(index).attention(q_raw, k_raw, v, ip_k, ip_v, heads, attention)
+        mask = entry.row_mask(layout, q_raw.shape[1], context.token_grid, q_raw)
         total = total + (term if mask is None else term * mask) * w
     return total
 
@@ -55,7 +61,8 @@ def run(index: int, entries: tuple[DiTEntry, ...], args: dict, original, context
         original: the host's block: args -> {"txt", "img"}.
     """
     to = args["transformer_options"]
-    weighted = [(entry, w) for entry in entries if (w := entry.weight(index, to)) != 0]
+    plan = plan_of(to)
+    weighted = [(entry, w) for entry in entries if (w := entry.weight(index, plan, to)) != 0]
     if not weighted:
         return original(args)
     block = context.diffusion_model.joint_blocks[index]
@@ -70,6 +77,5 @@ def run(index: int, entries: tuple[DiTEntry, ...], args: dict, original, context
     n_txt = context_qkv[0].shape[1]
     context_attn, x_attn = attn[:, :n_txt], attn[:, n_txt:]
     txt_out = None if cb.pre_only else cb.post_attention(context_attn, *context_rest)
-    rows = Rows.of(to, x.shape[0])
-    x_attn = x_attn + _ip_terms(index, weighted, raw, rows, heads, to, context, attention).to(x_attn.dtype)
+    x_attn = x_attn + _ip_terms(index, weighted, raw, plan, heads, to, context, attention).to(x_attn.dtype)
     return {"txt": txt_out, "img": xb.post_attention(x_attn, x, *mods)}
