@@ -226,3 +226,16 @@ def twin_with_instantx(tiny: TinyDiT, folder: Path, filename: str, scale: float)
     pipe.load_ip_adapter(str(folder), weight_name=filename, image_encoder_folder=None)
     pipe.set_ip_adapter_scale(scale)
     return pipe.transformer
+
+
+def tiny_taesd16_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    """A random 16-channel TAESD (the host's VAE loader recognises TAESD by `taesd_decoder.1.weight` and reads the
+    latent channels off it), standing in for the FLUX.1 / SD3 VAE."""
+    import comfy.taesd.taesd
+
+    model = comfy.taesd.taesd.TAESD(latent_channels=LATENT_CHANNELS)
+    refill_(model, seed)
+    with torch.no_grad():
+        model.vae_scale.fill_(1.0)
+        model.vae_shift.zero_()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
