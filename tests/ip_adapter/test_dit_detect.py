@@ -117,3 +117,23 @@ def test_faceid_lora_at_index_zero_still_reads_as_a_unet_adapter() -> None:
 
     ip = random_tensors({"0.to_q_lora.down.weight": (4, 8), "1.to_k_ip.weight": (8, 8)})
     assert detect_dit({}, ip, "ip-adapter-faceid_sd15.bin") is None
+
+
+def _dit_files() -> list:
+    from pathlib import Path
+
+    return sorted((Path(__file__).resolve().parents[2] / "ip_adapter" / "dit").glob("*.py"))
+
+
+@pytest.mark.parametrize("path", _dit_files(), ids=lambda p: p.name)
+def test_dit_core_module_has_no_host_import(path) -> None:
+    """The DiT core is pure torch too: no host module, and relative imports stay inside `ip_adapter` (level 2)."""
+    import ast
+
+    from tests.ip_adapter.test_imports import HOST_MODULES
+
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            assert not {a.name.split(".")[0] for a in node.names} & HOST_MODULES
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level <= 2 and (node.level or (node.module or "").split(".")[0] not in HOST_MODULES)
