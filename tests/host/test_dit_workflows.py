@@ -165,3 +165,23 @@ def test_example_workflow_runs_in_the_host_executor(kind, runner) -> None:
     without, _ = _latent(runner, tiny_prompt(kind, adapter=False))
     assert (off - without).abs().max() <= EXACT
     assert (latent - without).abs().max() > MIN_EFFECT
+
+
+def _with_skip_layer_guidance(prompt: dict, scale: float) -> dict:
+    """The Skip Layer Guidance node (nodes_slg.py) between Apply IP-Adapter and the KSampler, on double block 1."""
+    (sampler,) = _by_type(prompt, "KSampler")
+    prompt["slg"] = {"class_type": "SkipLayerGuidanceDiT",
+                     "inputs": {"model": prompt[sampler]["inputs"]["model"], "double_layers": "1", "single_layers": "",
+                                "scale": scale, "start_percent": 0.0, "end_percent": 1.0, "rescaling_scale": 0.0}}
+    prompt[sampler]["inputs"]["model"] = ["slg", 0]
+    return prompt
+
+
+def test_skip_layer_guidance_node_on_top_of_the_adapter(runner) -> None:
+    """SLG writes its skip at our dit keys during its extra pass; at scale 0 the graph equals the adapter alone, at
+    scale 3 it changes the result (and sampling runs through both patches)."""
+    with_adapter, _ = _latent(runner, tiny_prompt("sd35"))
+    idle, _ = _latent(runner, _with_skip_layer_guidance(tiny_prompt("sd35"), 0.0))
+    active, _ = _latent(runner, _with_skip_layer_guidance(tiny_prompt("sd35"), 3.0))
+    assert (idle - with_adapter).abs().max() <= EXACT
+    assert (active - with_adapter).abs().max() > MIN_EFFECT
