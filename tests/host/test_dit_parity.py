@@ -28,7 +28,7 @@ from tests.host.dit_setup import (
     velocity,
 )
 from tests.host.predict import host_denoised
-from tests.host.tiny_dit import flux_twin_velocity, sd3_twin_velocity, twin_with_instantx, twin_with_xlabs
+from tests.host.tiny_dit import T5_WIDTH, flux_twin_velocity, sd3_twin_velocity, twin_with_instantx, twin_with_xlabs
 
 PARITY = 1e-4
 #: The image term must change the prediction by at least this much, or the parity would prove nothing.
@@ -111,9 +111,9 @@ def test_flux_redux_conditioning_and_xlabs_together(flux, tiny_clip_vision, sigl
 
     import nodes as host_nodes
 
-    redux = ReduxImageEncoder(redux_dim=siglip.transformers.config.hidden_size)
-    redux.redux_up = torch.nn.Linear(redux.redux_dim, 64)
-    redux.redux_down = torch.nn.Linear(64, redux.redux_down.out_features)
+    redux = ReduxImageEncoder(redux_dim=siglip.transformers.config.hidden_size, txt_in_features=1)
+    redux.redux_up = torch.nn.Linear(redux.redux_dim, 64)  # narrowed: the released inner width is 3 * 4096
+    redux.redux_down = torch.nn.Linear(64, T5_WIDTH)
     image, x, cond = reference_image(), latent(), conds("flux", 2)
     with torch.inference_mode():
         vision = siglip.host.encode_image(reference_image(4), crop=False)
