@@ -15,7 +15,7 @@ from .dit.joint import JointLayerWeights
 from .dit.time_resampler import TimeResampler
 from .errors import CheckpointFormatError, IncompatibleEncodingError, IPAdapterError
 from .layout import BaseFamily
-from .placement import compute_dtype, run_on
+from .placement import COMPUTE_DTYPES, compute_dtype, run_on
 from .projection import FaceIDProjModel, ImageProjModel, MLPProjModel, ProjPlusModel
 from .resampler import Resampler
 from .spec import ENCODER_FILES, AdapterSpec, ClipOutput, ProjectionType, encoder_name
@@ -31,6 +31,11 @@ _PROJECTIONS: dict[ProjectionType, type[nn.Module]] = {
 }
 #: Per-layer weights by family; the UNet families (and XLabs' FLUX.1 adapters, with biases) use LayerWeights.
 _LAYER_WEIGHTS: dict[BaseFamily, type[nn.Module]] = {BaseFamily.SD35_LARGE: JointLayerWeights}
+
+
+def _stored(t: torch.Tensor, dtype: torch.dtype | None, device: torch.device | str) -> torch.Tensor:
+    target = dtype if dtype is not None else (t.dtype if t.dtype in COMPUTE_DTYPES else torch.float32)
+    return t.to(device=device, dtype=target)
 
 
 def _load_strict(module: nn.Module, sd: dict[str, torch.Tensor], name: str, group: str) -> None:
@@ -70,12 +75,17 @@ class IPAdapter(nn.Module):
 
     @classmethod
     def from_groups(
-        cls, groups: CheckpointGroups, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+        cls, groups: CheckpointGroups, dtype: torch.dtype | None = None, device: torch.device | str = "cpu"
     ) -> IPAdapter:
-        """Detect, build on the meta device, then adopt the file's tensors cast to `dtype` (no further copies)."""
+        """Detect, build on the meta device, then adopt the file's tensors (no further copies).
+
+        Args:
+            dtype: the storage dtype; None keeps the file's (float32 for storage-only types), so loading costs no
+                more than reading the file. The math casts to its compute dtype per call (placement.py).
+        """
         spec = detect(groups.image_proj, groups.ip_adapter, groups.name)
         ip_layers, lora = split_lora(groups.ip_adapter)
-        cast = {g: {k: v.to(device=device, dtype=dtype) for k, v in sd.items()}
+        cast = {g: {k: _stored(v, dtype, device) for k, v in sd.items()}
                 for g, sd in (("image_proj", groups.image_proj), ("ip_adapter", ip_layers))}
         image_proj = _build(lambda: _PROJECTIONS[spec.projection].from_state_dict(cast["image_proj"]),
                             groups.name, f"{spec.projection.value} projection ('image_proj' group)")
@@ -142,13 +152,14 @@ class IPAdapter(nn.Module):
             return run(face_id.reshape(face_id.shape[0], -1, spec.face_id_dim))
         return run(face_id if spec.is_faceid else clip)
 
-    def project_kv(self, index: int, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def project_kv(self, index: int, tokens: torch.Tensor, wanted: torch.dtype | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
         """Image keys and values of layer `index`: (B, T, C) -> two (B, T, width)."""
-        return self.layers.project_kv(index, tokens)
+        return self.layers.project_kv(index, tokens, wanted)
 
 
 def load_ip_adapter(
-    path: str | os.PathLike, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+    path: str | os.PathLike, dtype: torch.dtype | None = None, device: torch.device | str = "cpu"
 ) -> IPAdapter:
     """Read, validate and build the adapter stored at `path`; every failure is a CheckpointFormatError naming it."""
     return IPAdapter.from_groups(read_checkpoint(path), dtype=dtype, device=device)

@@ -34,7 +34,7 @@ class ImageKV:
         key = (index, torch.device(device), dtype)
         if key not in self._cache:
             with torch.no_grad():
-                k, v = self.adapter.project_kv(index, self.tokens)
+                k, v = self.adapter.project_kv(index, self.tokens, dtype)
             self._cache[key] = (k.to(device=device, dtype=dtype), v.to(device=device, dtype=dtype))
         return self._cache[key]
 

@@ -46,3 +46,10 @@ def mask_for_queries(mask: torch.Tensor, num_queries: int, latent_hw: tuple[int,
     flat = resized.flatten(1)
     diff = num_queries - flat.shape[1]  # >= 0: the grid never exceeds the query count
     return F.pad(flat, (diff // 2, diff - diff // 2))[..., None]
+
+
+def as_mask_batch(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """A MASK input, (H, W) or (M, H, W), as float (M, H, W) on the CPU; None stays None."""
+    if mask is None:
+        return None
+    return (mask if mask.dim() == 3 else mask[None]).float().cpu()

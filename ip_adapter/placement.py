@@ -14,12 +14,15 @@ HALF_DTYPES = (torch.float16, torch.bfloat16)
 COMPUTE_DTYPES = (torch.float32, torch.float64, *HALF_DTYPES)
 
 
-def compute_dtype(device: torch.device | str, storage: torch.dtype) -> torch.dtype:
-    """The dtype to compute in for weights stored as `storage` on `device`: float32 on the CPU or for storage-only
-    types (fp8), else the storage dtype."""
-    if storage not in COMPUTE_DTYPES or (torch.device(device).type == "cpu" and storage in HALF_DTYPES):
+def compute_dtype(device: torch.device | str, storage: torch.dtype, wanted: torch.dtype | None = None
+                  ) -> torch.dtype:
+    """The dtype to compute in for weights stored as `storage` on `device`, when the result is wanted in `wanted`:
+    the wider of the two (fp16 weights feeding a float32 UNet compute in float32), float32 on the CPU or for
+    storage-only types (fp8)."""
+    dtype = storage if wanted is None else torch.promote_types(storage, wanted)
+    if dtype not in COMPUTE_DTYPES or (torch.device(device).type == "cpu" and dtype in HALF_DTYPES):
         return torch.float32
-    return storage
+    return dtype
 
 
 def _placed(value: Any, device: torch.device | str, dtype: torch.dtype) -> Any:

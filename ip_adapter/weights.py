@@ -34,9 +34,9 @@ def _layer(sd: StateDict, index: int) -> nn.ModuleDict:
     return nn.ModuleDict(modules)
 
 
-def _project(linear: nn.Linear, tokens: torch.Tensor) -> torch.Tensor:
-    weight, bias = linear.weight, linear.bias
-    dtype = compute_dtype(weight.device, weight.dtype)
+def _project(linear: nn.Linear, tokens: torch.Tensor, wanted: torch.dtype | None) -> torch.Tensor:
+    weight, bias = linear.weight, linear.bias  # XLabs' FLUX.1 adapters carry biases
+    dtype = compute_dtype(weight.device, weight.dtype, wanted)
     return F.linear(tokens.to(weight.device, dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
 
 
@@ -54,11 +54,13 @@ class LayerWeights(nn.ModuleDict):
         """Checkpoint indices that carry `to_k_ip`/`to_v_ip` (the cross-attention layers)."""
         return [int(i) for i in self]
 
-    def project_kv(self, index: int, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def project_kv(self, index: int, tokens: torch.Tensor, wanted: torch.dtype | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
         """tokens: (B, T, C) -> image keys and values (B, T, width) for layer `index`, each computed where its weight
-        is (a partial low-VRAM load can leave them on different devices), in that device's compute dtype."""
+        is (a partial low-VRAM load can leave them on different devices), in the compute dtype for that device and
+        the dtype `wanted` by the caller (placement.compute_dtype)."""
         layer = self[str(index)]
-        return tuple(_project(layer[name], tokens) for name in ("to_k_ip", "to_v_ip"))
+        return tuple(_project(layer[name], tokens, wanted) for name in ("to_k_ip", "to_v_ip"))
 
     def width(self, index: int) -> int:
         """Inner dim of layer `index` (rows of its to_k_ip)."""

@@ -6,9 +6,9 @@ import torch
 
 from ..ip_adapter import COMBINE_METHODS, EMBEDS_SCALING, ImageKV, ImagePrompt, IncompatibleEncodingError, combine
 from ..ip_adapter.entry import AdapterEntry, SigmaWindow, check_window
-from ..ip_adapter.layout import UNetLayout
+from ..ip_adapter.masks import as_mask_batch
 from ..ip_adapter.scaling import check_embeds_scaling
-from ..ip_adapter.weight_types import WEIGHT_TYPES, LayerRule, layer_schedule
+from ..ip_adapter.weight_types import WEIGHT_TYPES, layer_rules
 from .dit.apply import apply_dit
 from .loaded import LoadedAdapter, project
 from .model_checks import check_model
@@ -30,21 +30,6 @@ def image_tokens(loaded: LoadedAdapter, prompt: ImagePrompt, method: str) -> tup
     pos, neg = (project(loaded, clip=enc.output(which)) for enc in (combined.positive, combined.negative))
     width = adapter.spec.cross_attention_dim
     return pos.reshape(1, -1, width), neg.reshape(1, -1, width)
-
-
-def layer_rules(weight_type: str, layout: UNetLayout) -> dict[int, LayerRule]:
-    """Checkpoint index -> rule, for the layers `weight_type` patches."""
-    schedule = layer_schedule(weight_type, layout)
-    return {layer.checkpoint_index: schedule[layer.transformer_index]
-            for layer in layout.layers if layer.transformer_index in schedule}
-
-
-def as_mask(attn_mask: torch.Tensor | None) -> torch.Tensor | None:
-    """MASK (H, W) or (M, H, W) -> float (M, H, W) on the CPU."""
-    if attn_mask is None:
-        return None
-    mask = attn_mask if attn_mask.dim() == 3 else attn_mask[None]
-    return mask.float().cpu()
 
 
 class ApplyIPAdapter:
@@ -112,6 +97,6 @@ def apply_tokens(model, loaded: LoadedAdapter, positive: torch.Tensor, negative:
     layout = check_model(model, loaded.adapter)
     sampling = model.get_model_object("model_sampling")
     kv = ImageKV(loaded.adapter, positive, negative, loaded.adapter.spec.num_tokens)
-    entry = AdapterEntry(loaded.adapter, kv, weight, start_at, end_at, embeds_scaling, as_mask(attn_mask),
+    entry = AdapterEntry(loaded.adapter, kv, weight, start_at, end_at, embeds_scaling, as_mask_batch(attn_mask),
                          SigmaWindow.of(sampling.percent_to_sigma, start_at, end_at), (loaded.patcher,))
     return patch_model(model, layout, entry, layer_rules(weight_type, layout))

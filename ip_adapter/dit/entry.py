@@ -73,12 +73,13 @@ class DiTEntry:
         k, v = self.kv.get(index, device, dtype)
         return k.index_select(0, rows), v.index_select(0, rows)
 
-    def tokens(self, plan: RunPlan, to: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    def tokens(self, plan: RunPlan, to: dict, wanted: torch.dtype | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
         """InstantX: positive/negative tokens (2, T, C) and timestep embeddings (2, D) at this call's timestep, where
-        the adapter is loaded."""
+        the adapter is loaded (`wanted`: the caller's dtype)."""
         sigma = plan.sigma(to)
         t = self.timestep(torch.tensor([1.0 if sigma is None else sigma]))
-        return self.timed.get(float(t[0]))
+        return self.timed.get(float(t[0]), wanted)
 
     def row_mask(self, layout: BatchLayout, num_tokens: int, grid: TokenGrid, like: torch.Tensor
                  ) -> torch.Tensor | None:

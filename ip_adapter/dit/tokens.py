@@ -13,8 +13,8 @@ from .time_resampler import TimeResampler
 class TimedTokens:
     """Positive and negative tokens of one adapter at the current timestep, computed on demand and cached.
 
-    They are computed where the adapter's weights are (the host loads them with the model), in that device's
-    compute dtype.
+    They are computed where the adapter's weights are (the host loads them with the model), in the compute dtype for
+    that device, the weights' dtype and the caller's.
 
     Args:
         adapter: an adapter whose `image_proj` is a TimeResampler.
@@ -31,15 +31,18 @@ class TimedTokens:
         self._key: tuple | None = None
         self._value: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def get(self, timestep: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def get(self, timestep: float, wanted: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokens and timestep embedding at `timestep`; row 0 positive, row 1 negative.
+
+        Args:
+            wanted: the dtype the caller computes in (placement.compute_dtype takes the wider one).
 
         Returns:
             tokens: every image's tokens joined on the token axis. Shape: (2, N * Q, C).
             temb: Shape: (2, D).
         """
         device = self.adapter.device
-        dtype = compute_dtype(device, self.adapter.dtype)
+        dtype = compute_dtype(device, self.adapter.dtype, wanted)
         key = (float(timestep), device, dtype)
         if self._key != key:
             with torch.no_grad():  # the timestep goes as a float: a half-precision tensor would round it

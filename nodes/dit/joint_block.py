@@ -42,10 +42,10 @@ def _ip_terms(index: int, weighted: list, raw: tuple, plan: RunPlan, heads: int,
     total = torch.zeros_like(q_raw)
     for entry, w in weighted:
         adapter = entry.adapter
-        tokens, temb = entry.tokens(plan, to)  # made where the adapter is loaded, once per step
+        tokens, temb = entry.tokens(plan, to, q_raw.dtype)  # made where the adapter is loaded, once per step
+        dtype = compute_dtype(tokens.device, adapter.dtype, q_raw.dtype)
         with torch.no_grad():
-            pair = run_on(adapter.layers.layer(index), tokens.device, compute_dtype(tokens.device, adapter.dtype),
-                          tokens, temb)
+            pair = run_on(adapter.layers.layer(index), tokens.device, dtype, tokens, temb)
         ip_k, ip_v = (t.to(q_raw.device, q_raw.dtype).index_select(0, rows) for t in pair)
         term = adapter.layers.layer(index).attention(q_raw, k_raw, v, ip_k, ip_v, heads, attention)
         mask = entry.row_mask(layout, q_raw.shape[1], context.token_grid, q_raw)

@@ -7,6 +7,7 @@ process, so every module shares them.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from tests.host.tiny_dit import (
     build_tiny_mmdit,
     build_tiny_siglip,
     cached,
+    release_cached,
 )
 
 SIGMA = 0.7
@@ -65,18 +67,28 @@ def _write_adapters(host_models: Any, flux: TinyDiT, mmdit: TinyDiT, clip_width:
     return DiTFiles(folder, dict(FILES))
 
 
+@pytest.fixture(scope="session")
+def dit_builds(comfy_host) -> Iterator[None]:
+    """The cached tiny DiT builds, released at the end of the session while the host is still intact."""
+    yield
+    import gc
+
+    release_cached()
+    gc.collect()
+
+
 @pytest.fixture(scope="module")
-def flux(comfy_host) -> TinyDiT:
+def flux(dit_builds) -> TinyDiT:
     return cached("tiny_flux", build_tiny_flux)
 
 
 @pytest.fixture(scope="module")
-def mmdit(comfy_host) -> TinyDiT:
+def mmdit(dit_builds) -> TinyDiT:
     return cached("tiny_mmdit", build_tiny_mmdit)
 
 
 @pytest.fixture(scope="module")
-def siglip(comfy_host) -> TinySiglip:
+def siglip(comfy_host, dit_builds) -> TinySiglip:
     return cached("tiny_siglip", lambda: build_tiny_siglip(comfy_host.scratch / "configs"))
 
 
@@ -172,4 +184,4 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a - b).abs().max().item()
 
 
-__all__ = ["dit_files", "flux", "mmdit", "nodes", "siglip"]
+__all__ = ["dit_builds", "dit_files", "flux", "mmdit", "nodes", "siglip"]

@@ -168,8 +168,23 @@ def test_lora_before_or_after_gives_the_same_prediction(nodes, sd15_setup):
 
 def test_sdxl_adapter_on_sd15_model_fails_naming_both(nodes, tiny_sd15, tiny_sdxl, tiny_clip_vision, host_models):
     _, xl_adapter = _load(nodes, host_models, tiny_sdxl, tiny_clip_vision)
-    with pytest.raises(nodes.core.IncompatibleModelError, match=r"SDXL adapter.*2048.*SD1\.5 \(768\)"):
+    with pytest.raises(nodes.core.IncompatibleModelError,
+                       match=r"SDXL adapter \(cross-attention dim 2048\) but the model is SD1\.5 \(cross-attention "
+                             r"dim 768\); load an adapter made for SD1\.5 models, or use an SDXL checkpoint\."):
         apply(nodes, tiny_sd15.patcher, xl_adapter, _prompt(nodes, tiny_clip_vision))
+
+
+def test_an_sd2_model_is_named_as_such(nodes, sd15_setup, tiny_clip_vision):
+    """SD2.x UNets (context 1024) have no official adapters: the message says so instead of a garbled family."""
+    unet, _, adapter, prompt = sd15_setup
+    config = type("Config", (), {"unet_config": {"context_dim": 1024}})()
+    sd2 = type("Model", (), {"model": type("Base", (), {"diffusion_model": unet.patcher.model.diffusion_model,
+                                                        "model_config": config})()})()
+    check = nodes.apply.apply.__globals__["check_model"]
+    with pytest.raises(nodes.core.IncompatibleModelError,
+                       match=r"but the model is SD2\.x \(cross-attention dim 1024\); use an SD1\.5 checkpoint "
+                             r"\(IP-Adapter has no official adapters for SD2\.x models\)\."):
+        check(sd2, adapter.adapter)
 
 
 def test_wrong_clip_vision_fails_naming_both_encoders(nodes, sd15_setup, comfy_host):

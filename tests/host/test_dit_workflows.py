@@ -12,6 +12,7 @@ checked against the same graph with the adapter's weight at 0 and without the ad
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -130,7 +131,7 @@ def tiny_prompt(kind: str, weight: float | None = None, adapter: bool = True) ->
 
 
 @pytest.fixture(scope="module")
-def runner(comfy_host, host_models, flux, mmdit, tiny_clip_vision, siglip, dit_files) -> graph.GraphRunner:
+def runner(comfy_host, host_models, flux, mmdit, tiny_clip_vision, siglip, dit_files) -> Iterator[graph.GraphRunner]:
     import folder_paths
 
     import nodes
@@ -146,7 +147,8 @@ def runner(comfy_host, host_models, flux, mmdit, tiny_clip_vision, siglip, dit_f
     host_models.write("checkpoints", "sd3.5_large.safetensors", checkpoint)
     image = torch.rand(PIXELS, PIXELS, 3, generator=torch.Generator().manual_seed(0))
     Image.fromarray((image * 255).byte().numpy()).save(Path(folder_paths.get_input_directory()) / "example.png")
-    return graph.GraphRunner()
+    yield graph.GraphRunner()
+    _PROVIDERS.clear()  # host models must not outlive the session (their __del__ needs the host's modules)
 
 
 def _latent(runner: graph.GraphRunner, prompt: dict) -> tuple[torch.Tensor, graph.GraphResult]:

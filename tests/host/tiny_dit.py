@@ -36,6 +36,11 @@ SIGLIP_MEAN_STD = [0.5, 0.5, 0.5]
 _CACHE: dict[Any, Any] = {}
 
 
+def release_cached() -> None:
+    """Drop every cached build (call while the host's modules are intact: ModelPatcher.__del__ needs them)."""
+    _CACHE.clear()
+
+
 def cached(key: Any, build: Callable[[], Any]) -> Any:
     """One build per process for `key` (session-shared tiny models; clone patchers before patching them)."""
     if key not in _CACHE:
