@@ -13,7 +13,8 @@ WORKFLOWS = sorted((Path(__file__).parents[1] / "workflows").glob("*.json"))
 #: Core node ids the examples may use (checked against a real host in tests/host).
 CORE_NODES = {"CheckpointLoaderSimple", "CLIPVisionLoader", "LoadImage", "CLIPTextEncode", "EmptyLatentImage",
               "KSampler", "VAEDecode", "SaveImage", "PreviewImage", "LoraLoader", "ControlNetLoader",
-              "ControlNetApplyAdvanced"}
+              "ControlNetApplyAdvanced", "UNETLoader", "DualCLIPLoader", "TripleCLIPLoader", "VAELoader",
+              "FluxGuidance", "EmptySD3LatentImage", "Note"}
 
 
 def test_there_are_example_workflows():

@@ -46,7 +46,9 @@ WORKFLOWS = sorted((Path(__file__).parents[2] / "workflows").glob("*.json"))
 #: Widget value types of INPUT_TYPES entries (anything else is a socket).
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 #: The folder each model-file widget of the example workflows lists (widget name -> folder).
-MODEL_WIDGET_FOLDERS = {"ckpt_name": "checkpoints", "clip_name": "clip_vision", "ipadapter_file": "ipadapter"}
+MODEL_WIDGET_FOLDERS = {"ckpt_name": "checkpoints", "clip_name": "clip_vision", "ipadapter_file": "ipadapter",
+                        "unet_name": "diffusion_models", "vae_name": "vae", "clip_name1": "text_encoders",
+                        "clip_name2": "text_encoders", "clip_name3": "text_encoders"}
 #: Model-folder widgets that name a folder of files: (folder, sub-path) -> a placeholder file inside it.
 PACK_WIDGETS = {("LoadInsightFace", "model_name"): ("insightface", "models", "placeholder.onnx")}
 
