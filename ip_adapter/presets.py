@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from .errors import InvalidOptionError, ModelNotFoundError
+from .errors import InvalidOptionError, MissingModelError
 from .layout import BaseFamily
 
 PRESETS = ("standard", "light", "plus", "plus face", "full face", "vit-G", "composition",
@@ -188,7 +188,7 @@ def _accepted(wanted: WantedFile) -> str:
 
 
 def missing_files_error(preset: str, family: BaseFamily, missing: Sequence[tuple[WantedFile, Sequence[str], str | None]]
-                        ) -> ModelNotFoundError:
+                        ) -> MissingModelError:
     """The error for files a preset needs but no folder holds.
 
     Args:
@@ -203,4 +203,4 @@ def missing_files_error(preset: str, family: BaseFamily, missing: Sequence[tuple
                      f"{wanted.save_as} in models/{wanted.folder} (or any folder listed above).")
         if hidden is not None:
             lines.append(f"  '{hidden}' was ignored: it is a hidden file (e.g. macOS '._' metadata), not a model.")
-    return ModelNotFoundError("\n".join(lines))
+    return MissingModelError("\n".join(lines))

@@ -14,14 +14,18 @@ from safetensors.torch import load_file, save_file
 
 from .encoding import ClipEncoding, ImagePrompt
 from .errors import ImagePromptFileError
-from .spec import ClipOutput, encoder_name
+from .face import FaceEmbeds
+from .spec import FACE_ID_DIM, ClipOutput, encoder_name
 
 FORMAT = "ip_adapter.image_prompt"
 VERSION = "1"
 EXTENSION = ".safetensors"
-#: Tensor names in the file: (side, field).
+#: Tensor names in the file: "<side>.<field>". The black-image side (FLUX.1's default negative) is optional.
 SIDES = ("positive", "negative")
+BLACK = "black_image"
 EMBEDS, HIDDEN = "image_embeds", "hidden_states"
+#: Face prompts' identity embeddings (N, 512), unnormalised as the recognizer gave them.
+FACE = "face.raw"
 HEADER_LENGTH_BYTES = 8
 #: A safetensors header larger than this is not an image prompt (they hold a few hundred bytes of JSON).
 MAX_HEADER_BYTES = 1 << 20
@@ -59,6 +63,8 @@ def _metadata(prompt: ImagePrompt, crop: str | None) -> dict[str, str]:
     }
     if crop is not None:
         meta["crop"] = crop
+    if prompt.face is not None:
+        meta["num_faces"] = str(prompt.face.num_faces)
     return meta
 
 
@@ -66,14 +72,19 @@ def save_image_prompt(prompt: ImagePrompt, path: str | os.PathLike) -> dict[str,
     """Write `prompt` to `path` (a `.safetensors` file) and return the metadata written with it.
 
     Metadata (all strings): format, version, num_images, num_negative_images, image_embeds_width,
-    hidden_states_width (empty without hidden states), encoder (its usual name), and crop when known.
+    hidden_states_width (empty without hidden states), encoder (its usual name), crop when known, and num_faces for
+    face prompts. Tensors: each side's encodings, the black-image encoding when the negative is the default, and the
+    face identities of face prompts.
     """
     crop = getattr(prompt, "crop", None)
     tensors = {}
-    for side, encoding in zip(SIDES, (prompt.positive, prompt.negative)):
+    sides = zip((*SIDES, BLACK), (prompt.positive, prompt.negative, prompt.black_image))
+    for side, encoding in ((side, e) for side, e in sides if e is not None):
         tensors[f"{side}.{EMBEDS}"] = encoding.image_embeds
         if encoding.hidden_states is not None:
             tensors[f"{side}.{HIDDEN}"] = encoding.hidden_states
+    if prompt.face is not None:
+        tensors[FACE] = prompt.face.raw
     meta = _metadata(prompt, crop)
     save_file({k: v.detach().float().contiguous().cpu() for k, v in tensors.items()}, str(path), metadata=meta)
     return meta
@@ -138,7 +149,20 @@ def load_image_prompt(path: str | os.PathLike) -> PreparedImagePrompt:
         raise _fail(path, "has hidden states for the positive side only", "Save the image prompt again.")
     if _widths(positive) != _widths(negative):
         raise _fail(path, "has positive and negative encodings of different widths", "Save the image prompt again.")
-    return PreparedImagePrompt(positive, negative, crop=meta.get("crop") or None)
+    black = _encoding(tensors, BLACK, path) if f"{BLACK}.{EMBEDS}" in tensors else None
+    if black is not None and _widths(black) != _widths(negative):
+        raise _fail(path, "has a black-image encoding of other widths", "Save the image prompt again.")
+    return PreparedImagePrompt(positive, negative, _face(tensors, positive, path), black, crop=meta.get("crop") or None)
+
+
+def _face(tensors: dict[str, torch.Tensor], positive: ClipEncoding, path: str | os.PathLike) -> FaceEmbeds | None:
+    raw = tensors.get(FACE)
+    if raw is None:
+        return None
+    if raw.dim() != 2 or raw.shape != (positive.num_images, FACE_ID_DIM):
+        raise _fail(path, f"has face identities of shape {tuple(raw.shape)} for {positive.num_images} images "
+                    f"(expected ({positive.num_images}, {FACE_ID_DIM}))", "The file is damaged; save it again.")
+    return FaceEmbeds(raw.float())
 
 
 def _widths(encoding: ClipEncoding) -> tuple[int, ...]:

@@ -8,6 +8,7 @@ import torch
 
 from .encoding import COMBINE_METHODS, ClipEncoding, ImagePrompt, combine, fit_images
 from .errors import IncompatibleEncodingError, InvalidOptionError
+from .face import FaceEmbeds
 
 #: Combine Image Prompts' methods: Apply IP-Adapter's plus element-wise max and min.
 PROMPT_COMBINE_METHODS = COMBINE_METHODS + ("max", "min")
@@ -60,4 +61,35 @@ def combine_weighted(prompts: Sequence[ImagePrompt], weights: Sequence[float], m
     _check_same_encoder(prompts, labels)
     positive = _concat([p.positive.map(lambda t, w=w: t * w) for p, w in zip(prompts, weights)])
     negative = _concat([p.negative.map(lambda t, n=p.num_images: fit_images(t, n)) for p in prompts])
-    return combine(ImagePrompt(positive, negative), method)
+    face = _faces(prompts, weights, method, labels)
+    return combine(ImagePrompt(positive, negative, face, _black_images(prompts)), method)
+
+
+def _black_images(prompts: Sequence[ImagePrompt]) -> ClipEncoding | None:
+    """The FLUX.1 (XLabs) negative of the joined images: each prompt's black-image encoding where it has the default
+    negative, its own negative images where the user gave some; None when no prompt has the default."""
+    if all(p.black_image is None for p in prompts):
+        return None
+    sides = [p.black_image if p.black_image is not None else p.negative for p in prompts]
+    return _concat([s.map(lambda t, n=p.num_images: fit_images(t, n)) for s, p in zip(sides, prompts)])
+
+
+def _faces(prompts: Sequence[ImagePrompt], weights: Sequence[float], method: str,
+           labels: Sequence[str]) -> FaceEmbeds | None:
+    """Face prompts join their identities (one per image, in order); mixing them with plain image prompts, weighting
+    them or reducing them here is refused (Apply IP-Adapter FaceID has the weight and the reducers)."""
+    faces = [p.face for p in prompts]
+    if all(f is None for f in faces):
+        return None
+    plain = [label for f, label in zip(faces, labels) if f is None]
+    if plain:
+        raise IncompatibleEncodingError(
+            f"{', '.join(plain)} {'is' if len(plain) == 1 else 'are'} not a face prompt but others are. Combine face "
+            "prompts (from Encode Face Prompt) only with face prompts.")
+    weighted = [label for w, label in zip(weights, labels) if w != 1.0]
+    if weighted or method != "concat":
+        raise InvalidOptionError(
+            "Face prompts are combined with method 'concat' and weight 1 only (the identity embedding is "
+            "normalised, so a weight would not reach it). Set the identity's strength with Apply IP-Adapter "
+            "FaceID's weight, and reduce several faces there with combine_images.")
+    return FaceEmbeds(torch.cat([f.raw for f in faces]))

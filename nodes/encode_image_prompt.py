@@ -64,13 +64,20 @@ def encode_images(clip_vision, images: torch.Tensor, prep: Prep = Prep()) -> Cli
     return ClipEncoding(torch.cat([p.image_embeds for p in parts]), torch.cat([p.hidden_states for p in parts]))
 
 
-def reference_negative(clip_vision, like: ClipEncoding) -> ClipEncoding:
-    """The reference implementation's unconditional encoding: zero image_embeds, and the hidden states of an
-    all-zero *normalised* pixel tensor (an image of the mean colour, not a black image)."""
+def reference_negative(clip_vision, like: ClipEncoding) -> tuple[ClipEncoding, ClipEncoding]:
+    """The reference implementations' unconditional encodings, from one forward of two images.
+
+    Returns:
+        negative: zero image_embeds, and the hidden states of an all-zero *normalised* pixel tensor (an image of the
+            mean colour, not a black image): the UNet adapters' convention.
+        black: the encoding of an all-black image, the negative of XLabs' FLUX.1 pipelines.
+    """
     mm.load_model_gpu(clip_vision.patcher)
     size = clip_vision.image_size
-    zero_pixels = _forward(clip_vision, torch.zeros(1, 3, size, size))
-    return ClipEncoding(torch.zeros_like(like.image_embeds[:1]), zero_pixels.hidden_states)
+    black_pixels = _preprocess(clip_vision, torch.zeros(1, size, size, 3), Prep(crop="none"))
+    both = _forward(clip_vision, torch.cat([torch.zeros_like(black_pixels), black_pixels]))
+    negative = ClipEncoding(torch.zeros_like(like.image_embeds[:1]), both.hidden_states[:1])
+    return negative, both.map(lambda t: t[1:])
 
 
 class EncodeImagePrompt:
@@ -78,8 +85,9 @@ class EncodeImagePrompt:
         "Encodes reference images with a CLIP vision model into an image prompt for Apply IP-Adapter. Each image in "
         "the batch is one reference. Crop chooses what part of a non-square image the encoder sees; sharpening "
         "restores detail lost when a large image is shrunk to the encoder's size. Without a negative image, the "
-        "unconditional encoding follows the reference implementation (zero embeddings / a zero normalised image). "
-        "The prompt works with any adapter that expects this CLIP vision model."
+        "unconditional encoding follows each adapter's reference implementation (zero embeddings / a zero "
+        "normalised image; a black image for FLUX.1, zero features for SD3.5). The prompt works "
+        "with any adapter that expects this CLIP vision model."
     )
     CATEGORY = "ip_adapter"
     FUNCTION = "encode"
@@ -91,12 +99,13 @@ class EncodeImagePrompt:
         return {
             "required": {
                 "clip_vision": ("CLIP_VISION", {"tooltip": "From Load CLIP Vision or Load IP-Adapter Preset: ViT-H/14 "
-                                "for most adapters, ViT-bigG/14 for ip-adapter_sdxl and sd15_vit-G."}),
+                                "for most adapters, ViT-bigG/14 for ip-adapter_sdxl and sd15_vit-G, ViT-L/14 for "
+                                "FLUX.1 (XLabs), SigLIP-384 for SD3.5 (InstantX)."}),
                 "image": ("IMAGE", {"tooltip": "Reference images; each image of the batch is one reference."}),
                 "crop": (list(CROP_MODES), {"default": "center", "tooltip": "center: resize the short side to the "
                          "encoder size and keep the middle. none: stretch the whole image to a square. top / bottom / "
                          "left / right: keep the square at that end of a tall / wide image. pad: keep the whole image, "
-                         "padded to a square with the colour of its edges."}),
+                         "padded to a square with the colour of its edges. InstantX's SD3.5 pipeline uses none."}),
             },
             "optional": {
                 "negative_image": ("IMAGE", {"tooltip": "Optional image(s) for the unconditional side (e.g. from "
@@ -119,7 +128,7 @@ class EncodeImagePrompt:
         prep = Prep(crop, sharpening, batch_size)
         positive = encode_images(clip_vision, image, prep)
         if negative_image is None:
-            negative = reference_negative(clip_vision, positive)
-        else:
-            negative = encode_images(clip_vision, negative_image, prep)
+            negative, black = reference_negative(clip_vision, positive)
+            return (PreparedImagePrompt(positive, negative, black_image=black, crop=crop),)
+        negative = encode_images(clip_vision, negative_image, prep)
         return (PreparedImagePrompt(positive, negative, crop=crop),)

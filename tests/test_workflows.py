@@ -27,12 +27,19 @@ NOTES = {"Note", "MarkdownNote"}
 CORE_NODES = {"CheckpointLoaderSimple", "CLIPVisionLoader", "LoadImage", "CLIPTextEncode", "EmptyLatentImage",
               "KSampler", "VAEDecode", "VAEEncode", "SaveImage", "LoraLoader", "ControlNetLoader",
               "ControlNetApplyAdvanced", "SetLatentNoiseMask", "SolidMask", "MaskComposite", "ConditioningSetMask",
-              "ConditioningCombine"} | NOTES
+              "ConditioningCombine", "PreviewImage", "UNETLoader", "DualCLIPLoader", "TripleCLIPLoader",
+              "VAELoader", "FluxGuidance", "EmptySD3LatentImage"} | NOTES
 TITLE_HEIGHT = 30
+#: The released names of the FLUX.1 (XLabs) and SD3.5 Large (InstantX) files, which no preset lists.
+DIT_FILES = {
+    "ckpt_name": {"sd3.5_large.safetensors"},
+    "clip_name": {"clip-vit-large-patch14.safetensors", "sigclip_vision_patch14_384.safetensors"},
+    "ipadapter_file": {"ip_adapter.safetensors", "ip-adapter.bin"},
+}
 STANDARD_FILES = {
-    "ckpt_name": {"v1-5-pruned-emaonly.safetensors", "sd_xl_base_1.0.safetensors"},
-    "clip_name": {w.save_as for w in CLIP_VISION_FILES.values()},
-    "ipadapter_file": {files.adapter.save_as for files in PRESET_TABLE.values()},
+    "ckpt_name": {"v1-5-pruned-emaonly.safetensors", "sd_xl_base_1.0.safetensors"} | DIT_FILES["ckpt_name"],
+    "clip_name": {w.save_as for w in CLIP_VISION_FILES.values()} | DIT_FILES["clip_name"],
+    "ipadapter_file": {files.adapter.save_as for files in PRESET_TABLE.values()} | DIT_FILES["ipadapter_file"],
     "control_net_name": {"control_v11p_sd15_canny_fp16.safetensors"},
 }
 

@@ -99,14 +99,14 @@ def test_vit_g_pairs_the_bigg_encoder(host_pack, standins, folders, tiny_sd15):
 def test_the_family_comes_from_the_model(host_pack, standins, folders, tiny_sdxl):
     _write(standins, folders["ipadapter"][0], "ip-adapter-plus_sd15.safetensors")  # the SD1.5 file does not count
     core = host_pack.module.ip_adapter
-    with pytest.raises(core.ModelNotFoundError, match="(?s)for SDXL.*ip-adapter-plus_sdxl_vit-h.safetensors"):
+    with pytest.raises(core.MissingModelError, match="(?s)for SDXL.*ip-adapter-plus_sdxl_vit-h.safetensors"):
         _preset(host_pack, standins, tiny_sdxl.patcher, "plus")
 
 
 def test_missing_files_are_reported_with_names_folders_and_sources(host_pack, standins, folders, tiny_sd15):
     (folders["ipadapter"][0] / "._ip-adapter-plus-face_sd15.safetensors").write_bytes(b"macOS metadata")
     core = host_pack.module.ip_adapter
-    with pytest.raises(core.ModelNotFoundError) as caught:
+    with pytest.raises(core.MissingModelError) as caught:
         _preset(host_pack, standins, tiny_sd15.patcher, "plus face")
     message = str(caught.value)
     for part in ("'plus face'", "SD1.5", "ip-adapter-plus-face_sd15.safetensors", H_FILE, "hidden file",

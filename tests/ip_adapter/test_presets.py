@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from ip_adapter import BaseFamily, InvalidOptionError, ModelNotFoundError
+from ip_adapter import BaseFamily, InvalidOptionError, MissingModelError
 from ip_adapter.presets import (
     CLIP_VISION_FILES,
     PRESETS,
@@ -108,7 +108,7 @@ def test_missing_file_error_names_everything_a_user_needs() -> None:
     error = missing_files_error("plus face", SDXL, [
         (files.adapter, ["/a/models/ipadapter", "/b/extra"], "._ip-adapter-plus-face_sdxl_vit-h.safetensors"),
         (files.clip_vision, ["/a/models/clip_vision"], None)])
-    assert isinstance(error, ModelNotFoundError) and isinstance(error, FileNotFoundError)
+    assert isinstance(error, MissingModelError) and isinstance(error, FileNotFoundError)
     message = str(error)
     for part in ("'plus face'", "SDXL", "ip-adapter-plus-face_sdxl_vit-h.safetensors", "ip-adapter-plus-face_sdxl",
                  "/a/models/ipadapter", "/b/extra", "/a/models/clip_vision", files.adapter.url, files.clip_vision.url,

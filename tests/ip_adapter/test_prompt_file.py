@@ -4,13 +4,15 @@ an image-prompt safetensors file (pickles are never opened: a pickle that would 
 from __future__ import annotations
 
 import pickle
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from ip_adapter import ClipEncoding, ImagePrompt, ImagePromptFileError
+from ip_adapter.face import FaceEmbeds
 from ip_adapter.prompt_file import (
     FORMAT,
     PreparedImagePrompt,
@@ -99,4 +101,45 @@ def test_inconsistent_files_are_reported(tmp_path: Path, tensors: dict) -> None:
     path = tmp_path / "p.safetensors"
     save_file(tensors, str(path), metadata={"format": FORMAT})
     with pytest.raises(ImagePromptFileError, match="(?i)save"):
+        load_image_prompt(path)
+
+
+def _face_prompt(clip: bool) -> PreparedImagePrompt:
+    g = torch.Generator().manual_seed(1)
+    width = 16 if clip else 0
+    positive = ClipEncoding(torch.randn(2, width, generator=g), torch.randn(2, 5, 32, generator=g) if clip else None)
+    negative = ClipEncoding(torch.zeros(1, width), torch.randn(1, 5, 32, generator=g) if clip else None)
+    return PreparedImagePrompt(positive, negative, FaceEmbeds(torch.randn(2, 512, generator=g)), crop="center")
+
+
+@pytest.mark.parametrize("clip", [True, False], ids=["plus", "faceid-without-clip"])
+def test_face_prompts_keep_their_identities(tmp_path: Path, clip: bool) -> None:
+    prompt, path = _face_prompt(clip), tmp_path / "face.safetensors"
+    meta = save_image_prompt(prompt, path)
+    loaded = load_image_prompt(path)
+    assert meta["num_faces"] == "2"
+    assert torch.equal(loaded.face.raw, prompt.face.raw)
+    assert torch.equal(loaded.positive.image_embeds, prompt.positive.image_embeds)
+    assert loaded.black_image is None and not loaded.default_negative
+
+
+def test_the_default_negatives_black_image_is_kept(tmp_path: Path) -> None:
+    prompt, path = _prompt(), tmp_path / "flux.safetensors"
+    black = ClipEncoding(torch.full((1, 16), 2.0), torch.full((1, 5, 32), 3.0))
+    save_image_prompt(replace(prompt, black_image=black), path)
+    loaded = load_image_prompt(path)
+    assert loaded.default_negative
+    assert torch.equal(loaded.black_image.image_embeds, black.image_embeds)
+    assert torch.equal(loaded.black_image.hidden_states, black.hidden_states)
+    save_image_prompt(prompt, path)  # a user's negative images: no black image, as when encoded
+    assert load_image_prompt(path).black_image is None
+
+
+def test_damaged_face_identities_are_reported(tmp_path: Path) -> None:
+    path = tmp_path / "face.safetensors"
+    save_image_prompt(_face_prompt(True), path)
+    tensors = load_file(str(path))
+    tensors["face.raw"] = tensors["face.raw"][:1]
+    save_file(tensors, str(path), metadata=read_metadata(path))
+    with pytest.raises(ImagePromptFileError, match="face.safetensors.*face identities of shape \\(1, 512\\)"):
         load_image_prompt(path)

@@ -3,6 +3,8 @@ combined exactly as Apply IP-Adapter's combine_images; the negative side follows
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -15,6 +17,7 @@ from ip_adapter import (
     combine,
 )
 from ip_adapter.encoding import fit_images
+from ip_adapter.face import FaceEmbeds
 from ip_adapter.weighted_prompts import PROMPT_COMBINE_METHODS, combine_weighted
 
 EMBED, TOKENS, HIDDEN = 6, 5, 4
@@ -88,3 +91,38 @@ def test_a_prompt_without_hidden_states_drops_them() -> None:
 def test_unknown_method_is_an_option_error() -> None:
     with pytest.raises(InvalidOptionError, match="max"):
         combine_weighted([_prompt(1, 1, 0)], [1], "median")
+
+
+def _with_face(prompt: ImagePrompt, seed: int) -> ImagePrompt:
+    raw = torch.randn(prompt.num_images, 512, generator=torch.Generator().manual_seed(seed))
+    return replace(prompt, face=FaceEmbeds(raw))
+
+
+def test_face_prompts_join_their_identities_in_order() -> None:
+    a, b = _with_face(_prompt(2, 1, 0), 10), _with_face(_prompt(1, 1, 1), 11)
+    out = combine_weighted([a, b], [1.0, 1.0], "concat")
+    assert torch.equal(out.face.raw, torch.cat([a.face.raw, b.face.raw]))
+    assert out.num_images == out.face.num_faces == 3
+
+
+@pytest.mark.parametrize("weights, method", [((0.5, 1.0), "concat"), ((1.0, 1.0), "average")])
+def test_face_prompts_are_not_weighted_or_reduced_here(weights, method) -> None:
+    a, b = _with_face(_prompt(1, 1, 0), 10), _with_face(_prompt(1, 1, 1), 11)
+    with pytest.raises(InvalidOptionError, match="Apply IP-Adapter FaceID"):
+        combine_weighted([a, b], weights, method)
+
+
+def test_face_and_plain_prompts_do_not_mix() -> None:
+    with pytest.raises(IncompatibleEncodingError, match="image_prompt_2 is not a face prompt"):
+        combine_weighted([_with_face(_prompt(1, 1, 0), 10), _prompt(1, 1, 1)], [1.0, 1.0], "concat",
+                         ["image_prompt_1", "image_prompt_2"])
+
+
+def test_black_images_follow_each_prompt_and_user_negatives_stand_in_for_them() -> None:
+    black = ClipEncoding(torch.full((1, EMBED), 7.0), torch.full((1, TOKENS, HIDDEN), 7.0))
+    a, b = replace(_prompt(2, 1, 0), black_image=black), _prompt(1, 1, 1)
+    out = combine_weighted([a, b], [0.5, 2.0], "concat")
+    expected = torch.cat([fit_images(black.image_embeds, 2), b.negative.image_embeds])
+    assert torch.equal(out.black_image.image_embeds, expected)  # weights never touch negatives
+    assert combine_weighted([b, b], [1.0, 1.0], "concat").black_image is None
+    assert combine_weighted([a, b], [1.0, 1.0], "average").black_image.num_images == 1
