@@ -56,5 +56,5 @@ class EncodeFacePrompt:
             positive, negative = _no_clip(len(faces))
         else:
             positive = encode_images(clip_vision, crops, crop=True)
-            negative = reference_negative(clip_vision, positive)
+            negative, _ = reference_negative(clip_vision, positive)  # FaceID has no black-image negative
         return ImagePrompt(positive, negative, identity), crops

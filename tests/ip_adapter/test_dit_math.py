@@ -125,7 +125,7 @@ def test_dit_weight_types_are_curves_over_depth_and_unet_types_are_refused() -> 
 def _prompt(embeds: int, hidden: int, tokens: int, default: bool) -> ImagePrompt:
     def enc(n: int, fill: float) -> ClipEncoding:
         return ClipEncoding(torch.full((n, embeds), fill), torch.full((n, tokens, hidden), fill))
-    return ImagePrompt(enc(2, 1.0), enc(1, 2.0), enc(1, 3.0) if default else None)
+    return ImagePrompt(enc(2, 1.0), enc(1, 2.0), black_image=enc(1, 3.0) if default else None)
 
 
 def test_reference_negatives_per_family(xlabs, instantx) -> None:
