@@ -45,9 +45,10 @@ def test_node_has_description_tooltips_and_a_help_page(node_id: str, host_pack) 
 
 
 def _documented(name: str, text: str) -> bool:
-    """`name` appears in bold (numbered inputs such as weight_2 may be written as one "weight_1 … 4" entry)."""
-    stem = re.sub(r"_\d+$", "_", name)
-    return re.search(r"\*\*[^*]*" + re.escape(stem), text) is not None
+    """`name` appears in bold or as the first cell of a table row (numbered inputs such as weight_2 may be written as
+    one "weight_1 … 4" entry)."""
+    stem = re.escape(re.sub(r"_\d+$", "_", name))
+    return re.search(r"\*\*[^*]*" + stem + r"|^\| (`\w+` / )?`" + stem, text, flags=re.M) is not None
 
 
 def test_every_help_page_belongs_to_a_node() -> None:
