@@ -105,6 +105,9 @@ _REDUCERS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "subtract": _subtract,
     "average": lambda t: t.mean(dim=0, keepdim=True),
     "norm average": _norm_average,
+    # Element-wise extremes over the images, for Combine Image Prompts (not offered by Apply IP-Adapter's combo).
+    "max": lambda t: t.amax(dim=0, keepdim=True),
+    "min": lambda t: t.amin(dim=0, keepdim=True),
 }
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..ip_adapter import ClipEncoding, FaceEmbeds, ImagePrompt
-from .encode_image_prompt import encode_images, reference_negative
+from .encode_image_prompt import Prep, encode_images, reference_negative
 from .face_detection import NO_FACE_OPTIONS, detect_faces
 from .insightface_runtime import FaceAnalysisModel
 
@@ -55,6 +55,6 @@ class EncodeFacePrompt:
         if clip_vision is None:
             positive, negative = _no_clip(len(faces))
         else:
-            positive = encode_images(clip_vision, crops, crop=True)
+            positive = encode_images(clip_vision, crops, Prep(crop="center"))
             negative, _ = reference_negative(clip_vision, positive)  # FaceID has no black-image negative
         return ImagePrompt(positive, negative, identity), crops
