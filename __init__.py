@@ -9,13 +9,13 @@ import logging
 
 log = logging.getLogger(__name__)
 
+#: Served by ComfyUI: web/docs/<NodeId>.md are the node help pages the frontend shows.
+WEB_DIRECTORY = "./web"
+
 if importlib.util.find_spec("folder_paths") is not None and importlib.util.find_spec("comfy") is not None:
     from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 else:  # not running inside ComfyUI
     NODE_CLASS_MAPPINGS: dict = {}
     NODE_DISPLAY_NAME_MAPPINGS: dict = {}
-
-#: Help pages (web/docs/<node id>.md), shown by ComfyUI's node library.
-WEB_DIRECTORY = "./web"
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]

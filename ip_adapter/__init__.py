@@ -9,12 +9,18 @@ from .checkpoint import read_checkpoint
 from .encoding import COMBINE_METHODS, ClipEncoding, ImagePrompt, combine
 from .errors import (
     CheckpointFormatError,
+    ImagePromptFileError,
     IncompatibleEncodingError,
     IncompatibleModelError,
     InvalidOptionError,
     IPAdapterError,
+    MissingDependencyError,
+    MissingModelError,
+    NoFaceError,
     UnsafeCheckpointError,
 )
+from .face import FaceEmbeds
+from .face_tokens import faceid_tokens
 from .kv_cache import ImageKV
 from .layout import LAYOUTS, SD15_LAYOUT, SDXL_LAYOUT, AttnLayer, BaseFamily, UNetLayout
 from .masks import mask_for_queries
@@ -23,10 +29,11 @@ from .scaling import EMBEDS_SCALING, scale_embeds
 from .spec import AdapterSpec, ClipOutput, ProjectionType
 
 __all__ = [
-    "COMBINE_METHODS", "EMBEDS_SCALING", "LAYOUTS", "SD15_LAYOUT", "SDXL_LAYOUT",
-    "AdapterSpec", "AttnLayer", "BaseFamily", "CheckpointFormatError", "ClipEncoding", "ClipOutput", "IPAdapter",
-    "IPAdapterError", "ImageKV", "ImagePrompt", "ImageTerm", "IncompatibleEncodingError", "IncompatibleModelError",
-    "InvalidOptionError", "ProjectionType", "Role", "UNetLayout", "UnsafeCheckpointError", "batch_layout", "combine",
-    "decoupled_attention", "load_ip_adapter", "mask_for_queries", "read_checkpoint", "role_of_conditioning",
-    "scale_embeds", "sdpa_attention",
+    "COMBINE_METHODS", "EMBEDS_SCALING", "LAYOUTS", "SD15_LAYOUT", "SDXL_LAYOUT", "AdapterSpec", "AttnLayer",
+    "BaseFamily", "CheckpointFormatError", "ClipEncoding", "ClipOutput", "FaceEmbeds", "IPAdapter", "IPAdapterError",
+    "ImageKV", "ImagePrompt", "ImagePromptFileError", "ImageTerm", "IncompatibleEncodingError",
+    "IncompatibleModelError", "InvalidOptionError", "MissingDependencyError", "MissingModelError", "NoFaceError",
+    "ProjectionType", "Role", "UNetLayout", "UnsafeCheckpointError", "batch_layout", "combine", "decoupled_attention",
+    "faceid_tokens", "load_ip_adapter", "mask_for_queries", "read_checkpoint", "role_of_conditioning", "scale_embeds",
+    "sdpa_attention",
 ]

@@ -25,3 +25,21 @@ class IncompatibleEncodingError(IPAdapterError, ValueError):
 
 class InvalidOptionError(IPAdapterError, ValueError):
     """A node option outside its list (e.g. a workflow saved by a newer version, edited by hand)."""
+
+
+class ImagePromptFileError(IPAdapterError, ValueError):
+    """A saved image prompt that cannot be read (not safetensors, not an image prompt, damaged)."""
+
+
+class MissingDependencyError(IPAdapterError, ImportError):
+    """An optional package is not installed (insightface, onnxruntime or one of its execution providers); the message
+    carries the pip command for the host's own Python."""
+
+
+class MissingModelError(IPAdapterError, FileNotFoundError):
+    """A model a node needs is not where the pack looks for it (a preset's adapter or CLIP vision file, an InsightFace
+    pack); the message names the folder, the files to put there and where to get them."""
+
+
+class NoFaceError(IPAdapterError, ValueError):
+    """InsightFace found no face in a reference image (at any detection size)."""

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import torch
 
-from ..ip_adapter import ClipEncoding, ImagePrompt, InvalidOptionError
+from ..ip_adapter import ClipEncoding, ImagePrompt
 from ..ip_adapter.entry import check_window
 from ..ip_adapter.scaling import check_embeds_scaling
 from ..ip_adapter.tiles import crop_tiles, restrict_masks, tile_grid, tile_masks
 from .apply_ip_adapter import ApplyIPAdapter, apply_tokens, image_tokens
-from .encode_image_prompt import encode_images, reference_negative
+from .encode_image_prompt import Prep, encode_images, reference_negative
 from .loaded import LoadedAdapter
 from .model_checks import check_model
 
@@ -21,15 +21,9 @@ SHARED_AFTER = ("weight", "weight_type", "start_at", "end_at")
 
 
 def encode_reference(clip_vision, images: torch.Tensor, sharpening: float) -> ClipEncoding:
-    """Square tiles (B, S, S, C) encoded as Encode Image Prompt encodes them (a square needs no crop).
-
-    SHARPENING HOOK: Encode Image Prompt's contrast-adaptive sharpening is not in this build yet; until it is,
-    sharpening > 0 is refused rather than silently ignored."""
-    if sharpening > 0:
-        raise InvalidOptionError(
-            f"Apply IP-Adapter Tiled: sharpening {sharpening} needs Encode Image Prompt's sharpening, which this "
-            "version of the pack lacks; set sharpening to 0.")
-    return encode_images(clip_vision, images, True)
+    """Square tiles (B, S, S, C) encoded as Encode Image Prompt encodes them (a square needs no crop), with its
+    contrast-adaptive sharpening after the resize to the encoder size."""
+    return encode_images(clip_vision, images, Prep(crop="center", sharpening=sharpening))
 
 
 def tile_prompts(clip_vision, crops: list[torch.Tensor], negative_image: torch.Tensor | None,
@@ -38,7 +32,7 @@ def tile_prompts(clip_vision, crops: list[torch.Tensor], negative_image: torch.T
     goes through the encoder in the same pass."""
     encoded = encode_reference(clip_vision, torch.cat(crops), sharpening)
     if negative_image is None:
-        negative = reference_negative(clip_vision, encoded)
+        negative, _ = reference_negative(clip_vision, encoded)  # UNet adapters only: no black-image negative
     else:
         negative = encode_reference(clip_vision, negative_image, sharpening)
     per_tile = crops[0].shape[0]

@@ -47,20 +47,20 @@ def _vit_h_encoder(bench: Bench) -> Any:
     return encoder
 
 
-def _peak(encode_images, encoder, frames: torch.Tensor, batch_size: int) -> tuple[int, int]:
+def _peak(module, encoder, frames: torch.Tensor, batch_size: int) -> tuple[int, int]:
     """(peak bytes, bytes of the result) of one encoding."""
     with torch.inference_mode(), PeakTensorMemory() as memory:
-        out = encode_images(encoder, frames, True, batch_size)
+        out = module.encode_images(encoder, frames, module.Prep(crop="center", batch_size=batch_size))
     return memory.peak, tensor_bytes(out.image_embeds, out.hidden_states)
 
 
 def _memory_rows(bench: Bench) -> list[Row]:
-    encode_images = bench.pack.module.nodes.encode_image_prompt.encode_images
+    encode_module = bench.pack.module.nodes.encode_image_prompt
     encoder = _vit_h_encoder(bench)
     frames = torch.rand(FRAMES, FRAME_SIDE, FRAME_SIDE, 3, generator=torch.Generator().manual_seed(1))
-    one_chunk, _ = _peak(encode_images, encoder, frames[:BATCH], BATCH)
-    chunked, result = _peak(encode_images, encoder, frames, BATCH)
-    one_pass, _ = _peak(encode_images, encoder, frames, 0)
+    one_chunk, _ = _peak(encode_module, encoder, frames[:BATCH], BATCH)
+    chunked, result = _peak(encode_module, encoder, frames, BATCH)
+    one_pass, _ = _peak(encode_module, encoder, frames, 0)
     beyond = (chunked - result) / one_chunk
     return [
         Row(f"encode {FRAMES} frames (ViT-H widths), {BATCH} per pass: peak beyond the result / one chunk's peak",

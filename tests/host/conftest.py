@@ -17,6 +17,7 @@ Fixtures (session-scoped unless noted; models are seeded and shared, so clone a 
     tiny_clip_vision -> TinyClipVision       host ClipVisionModel (CLIP_VISION) + transformers twin
     host_models -> graph.ModelFiles          model files in the host's scratch model folders, written on demand
     host_graph -> graph.GraphRunner          (function-scoped) runs API-format prompts through the host executor
+    standins -> standins.StandIns            tiny models under standard file names, loader hooks (standin_providers)
 """
 
 from __future__ import annotations
@@ -155,6 +156,16 @@ def tiny_clip_vision(comfy_host: comfy_env.HostInfo) -> tiny_models.TinyClipVisi
 @pytest.fixture(scope="session")
 def host_models(comfy_host: comfy_env.HostInfo) -> graph.ModelFiles:
     return graph.ModelFiles(build_unet=_tiny_unet, clip_vision=_tiny_clip_vision)
+
+
+@pytest.fixture(scope="session")
+def standins(host_models: graph.ModelFiles, comfy_host: comfy_env.HostInfo):
+    """The default stand-in registry (tests/host/standin_providers.py); plug-ins add providers to it."""
+    from tests.host.standin_providers import StandInContext, default_standins
+
+    if "standins" not in _STATE:
+        _STATE["standins"] = default_standins(StandInContext(host_models, _tiny_unet, comfy_host.scratch))
+    return _STATE["standins"]
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 with context windows (two Apply IP-Adapter Batch nodes fed weights and weights_inverted by Frame Weights, then
 ContextWindowsManual) and the tiled wide reference.
 
-Each UI workflow is converted as the frontend converts it (tests/host/test_graph.ui_to_api), then its loaders are
+Each UI workflow is converted as the frontend converts it (tests/host/workflow_runner.ui_to_api), then its loaders are
 pointed at tiny models: the checkpoint at the tiny SD1.5 UNet + TAESD, CLIP vision and text encoding at the harness
 nodes, LoadImage at seeded images of the workflow's aspect ratio, the adapter at a tiny `plus` adapter; pixel sizes
 are divided by 8 (a 64-pixel, 8-latent side) and samplers run one step. Frame counts, windows, schedules, weights and
@@ -19,7 +19,7 @@ import torch
 
 from tests.host import context_window_fix, graph
 from tests.host.ipa_setup import adapter_groups, write_adapter
-from tests.host.test_graph import ui_to_api
+from tests.host.workflow_runner import ui_to_api
 
 WORKFLOWS = Path(__file__).parents[2] / "workflows"
 CROSSFADE = WORKFLOWS / "ip_adapter_sd15_crossfade_context_windows.json"

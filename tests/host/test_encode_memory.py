@@ -18,21 +18,22 @@ CHUNK_MULTIPLE = 2
 ONE_PASS_MULTIPLE = 8
 
 
-def _measure(encode_images, clip, images: torch.Tensor, batch_size: int) -> tuple[int, int, object]:
-    """(peak bytes, bytes of the result, result) of encoding `images` `batch_size` per pass."""
+def _measure(module, clip, images: torch.Tensor, batch_size: int) -> tuple[int, int, object]:
+    """(peak bytes, bytes of the result, result) of encoding `images` `batch_size` per pass with the pack's
+    encode_image_prompt `module`."""
     with torch.inference_mode(), PeakTensorMemory() as memory:
-        out = encode_images(clip, images, True, batch_size)
+        out = module.encode_images(clip, images, module.Prep(crop="center", batch_size=batch_size))
     return memory.peak, tensor_bytes(out.image_embeds, out.hidden_states), out
 
 
 def test_peak_memory_grows_with_the_chunk_not_with_the_video(host_pack, tiny_clip_vision) -> None:
-    encode_images = host_pack.module.nodes.encode_image_prompt.encode_images
+    encode_module = host_pack.module.nodes.encode_image_prompt
     clip = tiny_clip_vision.host
     frames = torch.cat([reference_images(BATCH, seed=s) for s in range(FRAMES // BATCH)])
-    one_chunk, _, first = _measure(encode_images, clip, frames[:BATCH], BATCH)
-    half, half_out, _ = _measure(encode_images, clip, frames[:FRAMES // 2], BATCH)
-    full, full_out, chunked = _measure(encode_images, clip, frames, BATCH)
-    one_pass, _, whole = _measure(encode_images, clip, frames, 0)
+    one_chunk, _, first = _measure(encode_module, clip, frames[:BATCH], BATCH)
+    half, half_out, _ = _measure(encode_module, clip, frames[:FRAMES // 2], BATCH)
+    full, full_out, chunked = _measure(encode_module, clip, frames, BATCH)
+    one_pass, _, whole = _measure(encode_module, clip, frames, 0)
     assert full - full_out <= half - half_out  # the working set beyond the outputs does not grow with the video
     assert full - full_out <= CHUNK_MULTIPLE * one_chunk
     assert one_pass >= ONE_PASS_MULTIPLE * one_chunk

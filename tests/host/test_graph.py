@@ -11,9 +11,6 @@ graph without Apply nodes, and the adapters and the ControlNet must each change 
 
 from __future__ import annotations
 
-import asyncio
-import json
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,13 +38,6 @@ MIN_IMAGE_EFFECT = 1e-3
 STACKED = 2
 #: img2img / inpainting: how much of the schedule re-noises the encoded image.
 PARTIAL_DENOISE = 0.6
-WORKFLOWS = sorted((Path(__file__).parents[2] / "workflows").glob("*.json"))
-#: Widget value types of INPUT_TYPES entries (anything else is a socket).
-WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
-#: Frontend-only nodes, never sent to the host.
-NOTE_TYPES = {"Note", "MarkdownNote"}
-#: The folder each model-file widget of the example workflows lists (widget name -> folder).
-MODEL_WIDGET_FOLDERS = {"ckpt_name": "checkpoints", "clip_name": "clip_vision", "ipadapter_file": "ipadapter"}
 
 
 @dataclass(frozen=True)
@@ -280,99 +270,3 @@ def test_sdxl_adapter_on_sd15_checkpoint_fails_in_the_executor(runner, files) ->
     assert error["exception_type"].endswith("IncompatibleModelError")
     message = error["exception_message"]
     assert "SDXL" in message and "SD1.5" in message and files.sdxl_adapter in message
-
-
-# The example workflows in the host.
-
-def _widget_spec(spec: tuple) -> tuple[bool, dict]:
-    """(is a widget, options) of one INPUT_TYPES entry."""
-    kind = spec[0]
-    options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-    is_widget = isinstance(kind, (list, tuple)) or kind in WIDGET_TYPES
-    return is_widget and not options.get("forceInput", False), options
-
-
-def ui_to_api(workflow: dict) -> dict:
-    """A v0.4 UI workflow in API format, as the frontend's graphToPrompt builds it: linked inputs become
-    [source id, slot], widget values are taken in INPUT_TYPES order (a control_after_generate widget and an
-    image_upload widget carry one extra UI-only value); muted and bypassed nodes and notes are left out.
-
-    Raises:
-        AssertionError: a node type the host does not know, or widget values that do not match its inputs.
-    """
-    import nodes
-
-    links = {link[0]: link for link in workflow["links"]}
-    prompt = {}
-    for node in workflow["nodes"]:
-        if node.get("mode", 0) != 0 or node["type"] in NOTE_TYPES:
-            continue
-        cls = nodes.NODE_CLASS_MAPPINGS.get(node["type"])
-        assert cls is not None, f"{node['type']} is not a node type of the host (with the pack loaded)"
-        linked = {i["name"]: links[i["link"]] for i in node.get("inputs", []) if i.get("link") is not None}
-        values = list(node.get("widgets_values", []))
-        types = cls.INPUT_TYPES()
-        inputs: dict[str, object] = {}
-        for name, spec in {**types.get("required", {}), **types.get("optional", {})}.items():
-            is_widget, options = _widget_spec(spec)
-            if name in linked:
-                inputs[name] = [str(linked[name][1]), linked[name][2]]
-                if is_widget:  # a widget converted to an input keeps its slot
-                    values.pop(0)
-            elif is_widget:
-                assert values, f"{node['type']} #{node['id']}: no widget value for {name}"
-                inputs[name] = values.pop(0)
-                if options.get("control_after_generate") or options.get("image_upload"):
-                    values.pop(0)
-        assert not values, f"{node['type']} #{node['id']}: {len(values)} widget values left over: {values}"
-        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
-    return prompt
-
-
-@pytest.fixture
-def workflow_files(host_models, comfy_host):
-    """Creates empty stand-ins for the model and image files an API prompt names (validation checks only that they
-    are listed); removes them afterwards so no other test lists them."""
-    import folder_paths
-
-    made: list[Path] = []
-
-    def make(prompt: dict) -> None:
-        for node in prompt.values():
-            for name, value in node["inputs"].items():
-                if name in MODEL_WIDGET_FOLDERS and isinstance(value, str):
-                    path = host_models.folder(MODEL_WIDGET_FOLDERS[name]) / value
-                elif node["class_type"] == "LoadImage" and name == "image":
-                    path = Path(folder_paths.get_input_directory()) / value
-                else:
-                    continue
-                if not path.exists():
-                    if path.suffix == ".png":
-                        Image.new("RGB", (8, 8)).save(path)
-                    else:
-                        path.write_bytes(b"")
-                    made.append(path)
-        folder_paths.filename_list_cache.clear()
-
-    yield make
-    for path in made:
-        path.unlink(missing_ok=True)
-    folder_paths.filename_list_cache.clear()
-
-
-@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
-def test_example_workflow_validates_in_the_host(path: Path, host_pack, workflow_files) -> None:
-    import execution
-
-    import nodes
-
-    workflow = json.loads(path.read_text())
-    used = {n["type"] for n in workflow["nodes"]} - NOTE_TYPES
-    assert used <= set(nodes.NODE_CLASS_MAPPINGS), used - set(nodes.NODE_CLASS_MAPPINGS)
-    assert used & set(host_pack.node_class_mappings)  # (tests/test_workflows.py: together they use every node)
-    prompt = ui_to_api(workflow)
-    workflow_files(prompt)
-    valid, error, outputs, node_errors = asyncio.run(execution.validate_prompt(str(uuid.uuid4()), prompt, None))
-    assert valid, (error, node_errors)
-    assert sorted(outputs) == sorted(str(n["id"]) for n in workflow["nodes"]
-                                     if getattr(nodes.NODE_CLASS_MAPPINGS.get(n["type"]), "OUTPUT_NODE", False))
