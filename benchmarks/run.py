@@ -5,7 +5,8 @@
 Sections: overhead (patched / plain sampling steps and microseconds per patched layer call, ours and the peer's),
 loading (LoadIPAdapter / reading every byte of the file), first_use (load + encode + project + first step, ours
 and the peer's), memory (what the host's model management counts, peak added by Apply), compile (TorchCompileModel:
-same output, graph breaks, recompilations), real_size (real-shaped SDXL UNet with random weights, base / Plus).
+same output, graph breaks, recompilations), real_size (real-shaped SDXL UNet with random weights, base / Plus),
+animation (peak memory of encoding 256 frames in passes of 16 / in one pass; one image per frame vs one image).
 `--peer` is a checkout of cubiq/ComfyUI_IPAdapter_plus (never vendored here); without it the peer columns are empty.
 CUDA rows use fp16 where `--device cuda` is given and a GPU is present.
 """
@@ -22,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.harness import print_table, start  # noqa: E402
 
-SECTIONS = ("overhead", "loading", "first_use", "memory", "compile", "real_size")
+SECTIONS = ("overhead", "loading", "first_use", "memory", "compile", "real_size", "animation")
 
 
 def main() -> None:

@@ -33,7 +33,8 @@ class ImageTerm:
         k: image keys, one row per batch row. Shape: (B, T, heads * dim_head).
         v: image values. Shape: (B, T, heads * dim_head).
         weight: the branch's scale (lambda); 0 means the branch is skipped entirely.
-        mask: optional spatial mask multiplying the branch output. Shape: (B or 1, Nq, 1).
+        mask: optional multiplier of the branch output: a spatial mask, per-row (per-frame) weights, or both.
+            Shape: (B or 1, Nq or 1, 1).
     """
 
     k: torch.Tensor

@@ -13,8 +13,9 @@ class ImageKV:
 
     Args:
         adapter: the loaded adapter.
-        positive: tokens of the conditional rows. Shape: (1, T, C).
-        negative: tokens of the unconditional rows. Shape: (1, T, C).
+        positive: tokens of the conditional rows: one row for every frame, or one row per frame (frame i attends to
+            row min(i, P - 1)). Shape: (P, T, C).
+        negative: tokens of the unconditional rows, in the same way. Shape: (Q, T, C).
         tokens_per_image: tokens each reference image contributes (T = images * tokens_per_image); 0 if unknown.
     """
 
@@ -22,6 +23,7 @@ class ImageKV:
                  tokens_per_image: int = 0) -> None:
         self.adapter = adapter
         self.tokens = torch.cat([positive, negative], dim=0)
+        self.counts = (positive.shape[0], negative.shape[0])
         self.tokens_per_image = tokens_per_image
         self._cache: dict[tuple[int, torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -30,7 +32,7 @@ class ImageKV:
         return self.tokens.shape[1]
 
     def get(self, index: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """K and V of layer `index`, each of shape (2, T, width): row 0 positive, row 1 negative."""
+        """K and V of layer `index`, each of shape (P + Q, T, width): the P positive rows, then the Q negative."""
         key = (index, torch.device(device), dtype)
         if key not in self._cache:
             with torch.no_grad():

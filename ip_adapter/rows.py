@@ -63,6 +63,25 @@ class BatchLayout:
         roles = torch.tensor([int(r) for r in self.chunk_roles], dtype=torch.long)
         return roles.repeat_interleave(self.rows_per_chunk).to(device)
 
+    def frame_row_index(self, frames: Sequence[int], counts: tuple[int, int], device: torch.device | str
+                        ) -> torch.Tensor:
+        """Each row's index into a per-frame table: `counts[0]` positive rows, then `counts[1]` negative rows.
+
+        A row of role R at global frame f gets offset(R) + min(f, counts[R] - 1): a role with fewer rows than frames
+        repeats its last row (one row: every frame shares it).
+
+        Args:
+            frames: the global frame of each row of a chunk (`frames.row_frames`). Length: rows_per_chunk.
+            counts: rows per role in the table, (positive, negative).
+
+        Returns:
+            Shape: (B,), int64.
+        """
+        per_chunk = torch.tensor(frames, dtype=torch.long)
+        offsets = (0, counts[0])
+        parts = [offsets[role] + per_chunk.clamp(max=counts[role] - 1) for role in self.chunk_roles]
+        return torch.cat(parts).to(device)
+
 
 def _log_once(problem: str, key: tuple) -> None:
     if key not in _LOGGED_LAYOUTS:

@@ -1,6 +1,7 @@
 """What one sampling run decides once: each entry's sigma window (from the model sampling in force when sampling
 starts, so a model-sampling patch placed after Apply counts) and each conditioning's role (by uuid). Per model call it
-resolves the batch layout, the active entries and the masks once and shares them across every patched layer."""
+resolves the batch layout, each row's global frame, the row indices into the K/V tables and the masks and per-frame
+weights once, and shares them across every patched layer."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from typing import Mapping
 import torch
 
 from .attention import ImageTerm
-from .encoding import fit_images
 from .entry import AdapterEntry, SigmaWindow
+from .frames import frame_sources, row_frames
 from .masks import mask_for_queries
 from .rows import BatchLayout, batch_layout
 from .weight_types import LayerRule
@@ -20,8 +21,8 @@ RUN_PLAN_KEY = "ip_adapter_run_plan"
 
 
 class RunPlan:
-    """Decisions for one sampling run, plus one-slot caches keyed by the identity of the per-call objects the host
-    passes unchanged to every layer of one model call (`sigmas`, `uuids`, `cond_or_uncond`).
+    """Decisions for one sampling run, plus caches for one model call, keyed by the identity of the per-call objects
+    the host passes unchanged to every layer of that call (`cond_or_uncond`, `uuids`, the context window).
 
     Args:
         windows: the sigma window of every entry in the model; entries missing here use their fallback window.
@@ -32,9 +33,12 @@ class RunPlan:
         self.windows = dict(windows or {})
         self.roles = dict(roles or {})
         self._sigma: tuple = (None, None)
-        self._layout: tuple = (None, None, None, None)
-        self._index: dict[torch.device, torch.Tensor] = {}
-        self._masks: dict[tuple, torch.Tensor] = {}
+        self._call: tuple = (None, None, None, None, None)
+        self._layout: BatchLayout | None = None
+        self._frames: tuple[int, ...] | None = None
+        self._index: dict[tuple, torch.Tensor] = {}
+        self._scales: dict[tuple, torch.Tensor] = {}
+        self._per_query: dict[tuple, torch.Tensor] = {}
 
     def sigma(self, extra: dict) -> float | None:
         """The current step's sigma (one device sync per model call), or None outside a sampler."""
@@ -50,33 +54,65 @@ class RunPlan:
         return sigma is None or self.windows.get(entry, entry.fallback_window).contains(sigma)
 
     def layout(self, extra: dict, batch: int) -> BatchLayout:
+        """The call's batch layout; a new call (new per-call objects) also empties the per-call caches."""
         chunks, uuids = extra.get("cond_or_uncond"), extra.get("uuids")
-        cached_chunks, cached_uuids, cached_batch, layout = self._layout
-        if cached_chunks is not chunks or cached_uuids is not uuids or cached_batch != batch:
-            layout = batch_layout(batch, chunks, uuids, self.roles)
-            self._layout = (chunks, uuids, batch, layout)
+        window, ad_params = frame_sources(extra)
+        c = self._call
+        if (self._layout is None or c[0] is not chunks or c[1] is not uuids or c[2] is not window
+                or c[3] is not ad_params or c[4] != batch):
+            self._layout = batch_layout(batch, chunks, uuids, self.roles)
+            self._call = (chunks, uuids, window, ad_params, batch)
+            self._frames = None
             self._index.clear()
-        return layout
+            self._scales.clear()
+        return self._layout
 
-    def row_index(self, extra: dict, q: torch.Tensor) -> torch.Tensor:
+    def frames(self, extra: dict, layout: BatchLayout) -> tuple[int, ...]:
+        """The global frame of each row of a chunk in this call (`frames.row_frames`)."""
+        if self._frames is None:
+            self._frames = row_frames(extra, layout.rows_per_chunk)
+        return self._frames
+
+    def row_index(self, extra: dict, q: torch.Tensor, counts: tuple[int, int] = (1, 1)) -> torch.Tensor:
+        """Each row's index into a table with `counts` rows per role (LayerTable.counts). Shape: (B,)."""
         layout = self.layout(extra, q.shape[0])
-        index = self._index.get(q.device)
+        key = (counts, q.device)
+        index = self._index.get(key)
         if index is None:
-            index = self._index[q.device] = layout.row_index(q.device)
+            if counts == (1, 1):  # one image for every frame: the row's role alone decides
+                index = layout.row_index(q.device)
+            else:
+                index = layout.frame_row_index(self.frames(extra, layout), counts, q.device)
+            self._index[key] = index
         return index
 
-    def mask(self, entry: AdapterEntry, q: torch.Tensor, extra: dict) -> torch.Tensor | None:
-        """The entry's mask, one value per query of this layer for every row. Shape: (B, Nq, 1)."""
-        if entry.mask is None:
+    def scale(self, entry: AdapterEntry, q: torch.Tensor, extra: dict) -> torch.Tensor | None:
+        """What multiplies the entry's image term on every row: its mask (one value per query) times its per-frame
+        row weight, each taken at the row's global frame. Shape: (B, Nq or 1, 1), or None."""
+        if entry.mask is None and entry.row_weights is None:
             return None
         layout = self.layout(extra, q.shape[0])
-        hw = tuple(extra["original_shape"][-2:])
-        key = (entry, q.shape[1], hw, layout, q.device, q.dtype)
-        mask = self._masks.get(key)
-        if mask is None:
-            per_query = fit_images(mask_for_queries(entry.mask, q.shape[1], hw), layout.rows_per_chunk)
-            mask = self._masks[key] = per_query.repeat(len(layout.chunk_roles), 1, 1).to(q.device, q.dtype)
-        return mask
+        key = (entry, q.shape[1], q.device, q.dtype)
+        scale = self._scales.get(key)
+        if scale is None:
+            frames = torch.tensor(self.frames(extra, layout), dtype=torch.long)
+            scale = torch.ones(frames.numel(), 1, 1, dtype=torch.float64)
+            if entry.mask is not None:
+                per_query = self._mask_per_query(entry, q.shape[1], tuple(extra["original_shape"][-2:]))
+                scale = per_query[frames.clamp(max=per_query.shape[0] - 1)]
+            if entry.row_weights is not None:
+                weights = entry.row_weights
+                scale = scale * weights[frames.clamp(max=weights.numel() - 1)].view(-1, 1, 1)
+            scale = self._scales[key] = scale.repeat(len(layout.chunk_roles), 1, 1).to(q.device, q.dtype)
+        return scale
+
+    def _mask_per_query(self, entry: AdapterEntry, num_queries: int, latent_hw: tuple) -> torch.Tensor:
+        """The entry's masks at one layer's grid, for the whole run. Shape: (M, Nq, 1), float32."""
+        key = (entry, num_queries, latent_hw)
+        per_query = self._per_query.get(key)
+        if per_query is None:
+            per_query = self._per_query[key] = mask_for_queries(entry.mask, num_queries, latent_hw)
+        return per_query
 
     def term(self, index: int, entry: AdapterEntry, rule: LayerRule, q: torch.Tensor, extra: dict
              ) -> ImageTerm | None:
@@ -84,9 +120,9 @@ class RunPlan:
         if entry.weight * rule.factor == 0 or not self.active(entry, extra):
             return None
         table = entry.table(index, rule, q.device, q.dtype)
-        rows = self.row_index(extra, q)
+        rows = self.row_index(extra, q, table.counts)
         return ImageTerm(table.k.index_select(0, rows), table.v.index_select(0, rows), table.out_weight,
-                         self.mask(entry, q, extra))
+                         self.scale(entry, q, extra))
 
 
 def plan_of(extra: dict) -> RunPlan:

@@ -7,6 +7,8 @@ import torch
 from .errors import InvalidOptionError
 
 EMBEDS_SCALING = ("V only", "K+V", "K+V w/ C penalty", "K+mean(V) w/ C penalty")
+#: The mode whose weight stays outside the attention (a multiplier of the image term).
+NO_KV_SCALING = EMBEDS_SCALING[0]
 #: The C-penalty modes scale a layer's weight by its width relative to the widest SD layers.
 C_PENALTY_WIDTH = 1280
 
@@ -26,7 +28,7 @@ def _mean_per_image(v: torch.Tensor, tokens_per_image: int) -> torch.Tensor:
 
 
 def scale_embeds(
-    k: torch.Tensor, v: torch.Tensor, weight: float, mode: str, tokens_per_image: int = 0
+    k: torch.Tensor, v: torch.Tensor, weight: float | torch.Tensor, mode: str, tokens_per_image: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Apply an `embeds_scaling` mode: returns the K, V to attend to and the weight left on the output.
 
@@ -37,9 +39,15 @@ def scale_embeds(
 
     Args:
         k, v: image keys and values. Shape: (R, N * T, W) for N images of T tokens.
+        weight: one weight for every row, or (K+V modes only) one per row, shape (R,): per-frame weights of a frame
+            batch act inside each frame's attention.
         tokens_per_image: T; 0 (or a T that does not divide the token count) treats all tokens as one image.
     """
-    if mode == "V only":
+    if isinstance(weight, torch.Tensor):
+        if mode == NO_KV_SCALING:
+            raise InvalidOptionError("Per-row weights under 'V only' belong outside the attention (a row multiplier).")
+        weight = weight.to(device=k.device, dtype=k.dtype).view(-1, 1, 1)
+    if mode == NO_KV_SCALING:
         return k, v, weight
     check_embeds_scaling(mode)
     if mode != "K+V":

@@ -1,12 +1,15 @@
 """ComfyUI glue: the pack's V1 nodes (ids fixed by the node contract), registered by the package root."""
 
+from .apply_batch import ApplyIPAdapterBatch
 from .apply_ip_adapter import ApplyIPAdapter
 from .apply_ip_adapter_faceid import ApplyIPAdapterFaceID
 from .apply_style_composition import ApplyIPAdapterStyleComposition
+from .apply_tiled import ApplyIPAdapterTiled
 from .combine_image_prompts import CombineImagePrompts
 from .encode_face_prompt import EncodeFacePrompt
 from .encode_image_prompt import EncodeImagePrompt
 from .folders import register_ipadapter_folder
+from .frame_weights import FrameWeights
 from .image_prompt_files import register_image_prompts_folder
 from .insightface_folder import register_insightface_folder
 from .load_image_prompt import LoadImagePrompt
@@ -33,6 +36,9 @@ NODE_CLASS_MAPPINGS = {
     "LoadInsightFace": LoadInsightFace,
     "EncodeFacePrompt": EncodeFacePrompt,
     "ApplyIPAdapterFaceID": ApplyIPAdapterFaceID,
+    "ApplyIPAdapterBatch": ApplyIPAdapterBatch,
+    "FrameWeights": FrameWeights,
+    "ApplyIPAdapterTiled": ApplyIPAdapterTiled,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "LoadIPAdapter": "Load IP-Adapter",
@@ -47,4 +53,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "LoadInsightFace": "Load InsightFace",
     "EncodeFacePrompt": "Encode Face Prompt",
     "ApplyIPAdapterFaceID": "Apply IP-Adapter FaceID",
+    "ApplyIPAdapterBatch": "Apply IP-Adapter Batch",
+    "FrameWeights": "Frame Weights",
+    "ApplyIPAdapterTiled": "Apply IP-Adapter Tiled",
 }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
 from ..ip_adapter import COMBINE_METHODS, EMBEDS_SCALING, ImageKV, ImagePrompt, IncompatibleEncodingError, combine
@@ -85,18 +87,21 @@ class ApplyIPAdapter:
 
 def apply_tokens(model, loaded: LoadedAdapter, positive: torch.Tensor, negative: torch.Tensor, weight: float,
                  weight_type: str, start_at: float, end_at: float, embeds_scaling: str,
-                 attn_mask: torch.Tensor | None = None):
+                 attn_mask: torch.Tensor | None = None, frame_weights: Sequence[float] | None = None):
     """The one way every Apply node patches a model: a clone of `model` with this adapter's image term stacked on
     the layers `weight_type` selects.
 
     Args:
-        positive: image tokens of the conditional rows. Shape: (1, T, cross_attention_dim).
-        negative: image tokens of the unconditional rows. Shape: (1, T, cross_attention_dim).
-        attn_mask: MASK (H, W) or (M, H, W) in the latent's aspect ratio, or None.
+        positive: image tokens of the conditional rows: one row for every latent frame, or one per frame (frame i
+            uses row min(i, P - 1), i its index in the whole batch). Shape: (P, T, cross_attention_dim).
+        negative: image tokens of the unconditional rows, in the same way. Shape: (Q, T, cross_attention_dim).
+        attn_mask: MASK (H, W) or (M, H, W) in the latent's aspect ratio (frame i uses mask min(i, M - 1)), or None.
+        frame_weights: one multiplier of `weight` per latent frame (the last repeats), or None.
     """
     layout = check_model(model, loaded.adapter)
     sampling = model.get_model_object("model_sampling")
     kv = ImageKV(loaded.adapter, positive, negative, loaded.adapter.spec.num_tokens)
     entry = AdapterEntry(loaded.adapter, kv, weight, start_at, end_at, embeds_scaling, as_mask_batch(attn_mask),
-                         SigmaWindow.of(sampling.percent_to_sigma, start_at, end_at), (loaded.patcher,))
+                         SigmaWindow.of(sampling.percent_to_sigma, start_at, end_at), (loaded.patcher,),
+                         None if frame_weights is None else tuple(float(w) for w in frame_weights))
     return patch_model(model, layout, entry, layer_rules(weight_type, layout))

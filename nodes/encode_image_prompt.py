@@ -49,19 +49,35 @@ def _preprocess(clip_vision, images: torch.Tensor, prep: Prep) -> torch.Tensor:
     return (pixels - mean) / std
 
 
+def _gather(out: ClipEncoding | None, part: ClipEncoding, start: int, total: int) -> ClipEncoding:
+    """Copy one pass's encodings into the outputs for all `total` images, allocated by the first pass."""
+    if out is None:
+        out = ClipEncoding(*(t.new_empty((total, *t.shape[1:])) for t in (part.image_embeds, part.hidden_states)))
+    stop = start + part.num_images
+    out.image_embeds[start:stop] = part.image_embeds
+    out.hidden_states[start:stop] = part.hidden_states
+    return out
+
+
 def encode_images(clip_vision, images: torch.Tensor, prep: Prep = Prep()) -> ClipEncoding:
-    """Encode IMAGE (B, H, W, C), `prep.batch_size` images per pass (0: all at once). With several passes, each one
-    is an interruption point with a progress update, and only one chunk's pixels and activations exist at a time."""
+    """Encode IMAGE (B, H, W, C), `prep.batch_size` images per pass (0: all at once).
+
+    With several passes, each pass is an interruption point with a progress update and writes into outputs
+    allocated once, so memory holds the outputs plus one pass's pixels and activations, however long the batch."""
     mm.load_model_gpu(clip_vision.patcher)
-    chunks = list(torch.split(images, prep.batch_size if prep.batch_size > 0 else max(1, images.shape[0])))
-    progress = comfy.utils.ProgressBar(len(chunks)) if len(chunks) > 1 else None
-    parts = []
-    for chunk in chunks:
+    total = images.shape[0]
+    step = prep.batch_size if prep.batch_size > 0 else max(1, total)
+    if step >= total:
+        return _forward(clip_vision, _preprocess(clip_vision, images, prep))
+    starts = range(0, total, step)
+    progress = comfy.utils.ProgressBar(len(starts))
+    out = None
+    for start in starts:
         mm.throw_exception_if_processing_interrupted()
-        parts.append(_forward(clip_vision, _preprocess(clip_vision, chunk, prep)))
-        if progress is not None:
-            progress.update(1)
-    return ClipEncoding(torch.cat([p.image_embeds for p in parts]), torch.cat([p.hidden_states for p in parts]))
+        part = _forward(clip_vision, _preprocess(clip_vision, images[start:start + step], prep))
+        out = _gather(out, part, start, total)
+        progress.update(1)
+    return out
 
 
 def reference_negative(clip_vision, like: ClipEncoding) -> tuple[ClipEncoding, ClipEncoding]:

@@ -14,6 +14,7 @@ PRESETS = ["standard", "light", "plus", "plus face", "full face", "vit-G", "comp
            "faceid", "faceid plus", "faceid plus v2", "faceid portrait", "faceid portrait unnorm"]
 NOISE = ["fade", "dissolve", "gaussian", "shuffle"]
 EMBEDS_SCALING = ["V only", "K+V", "K+V w/ C penalty", "K+mean(V) w/ C penalty"]
+TIMINGS = ["linear", "ease in", "ease out", "ease in-out", "custom", "random"]
 
 #: node id -> (display name, required inputs [(name, type or combo list, default)], optional inputs, outputs)
 NODES = {
@@ -81,9 +82,34 @@ NODES = {
         [("attn_mask", "MASK", None)],
         ["MODEL"],
     ),
+    "ApplyIPAdapterBatch": (
+        "Apply IP-Adapter Batch",
+        [("model", "MODEL", None), ("ipadapter", "IP_ADAPTER", None), ("image_prompt", "IMAGE_PROMPT", None),
+         ("weight", "FLOAT", 1.0), ("weight_type", WEIGHT_TYPES, "linear"), ("start_at", "FLOAT", 0.0),
+         ("end_at", "FLOAT", 1.0), ("embeds_scaling", EMBEDS_SCALING, "V only")],
+        [("attn_mask", "MASK", None), ("frame_weights", "FRAME_WEIGHTS", None)],
+        ["MODEL"],
+    ),
+    "FrameWeights": (
+        "Frame Weights",
+        [("weights", "STRING", "1.0, 0.0"), ("timing", TIMINGS, "linear"), ("frames", "INT", 16),
+         ("start_frame", "INT", 0), ("end_frame", "INT", 9999), ("add_starting_frames", "INT", 0),
+         ("add_ending_frames", "INT", 0), ("seed", "INT", 0)],
+        [],
+        ["FRAME_WEIGHTS", "FRAME_WEIGHTS", "INT"],
+    ),
+    "ApplyIPAdapterTiled": (
+        "Apply IP-Adapter Tiled",
+        [("model", "MODEL", None), ("ipadapter", "IP_ADAPTER", None), ("clip_vision", "CLIP_VISION", None),
+         ("image", "IMAGE", None), ("weight", "FLOAT", 1.0), ("weight_type", WEIGHT_TYPES, "linear"),
+         ("start_at", "FLOAT", 0.0), ("end_at", "FLOAT", 1.0), ("sharpening", "FLOAT", 0.0),
+         ("embeds_scaling", EMBEDS_SCALING, "V only")],
+        [("attn_mask", "MASK", None), ("negative_image", "IMAGE", None)],
+        ["MODEL", "IMAGE", "MASK"],
+    ),
 }
 #: Socket-only types: inputs of these types have no entry in a workflow's widgets_values.
-SOCKET_TYPES = {"MODEL", "IP_ADAPTER", "IMAGE_PROMPT", "CLIP_VISION", "IMAGE", "MASK", "FACE_ANALYSIS"}
+SOCKET_TYPES = {"MODEL", "IP_ADAPTER", "IMAGE_PROMPT", "CLIP_VISION", "IMAGE", "MASK", "FACE_ANALYSIS", "FRAME_WEIGHTS"}
 FLOAT_RANGES = {"weight": (-1.0, 5.0), "start_at": (0.0, 1.0), "end_at": (0.0, 1.0), "strength": (0.0, 1.0),
                 "sharpening": (0.0, 1.0), "weight_style": (-1.0, 5.0), "weight_composition": (-1.0, 5.0),
                 "weight_faceidv2": (-1.0, 5.0), "lora_strength": (0.0, 2.0),

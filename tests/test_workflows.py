@@ -28,7 +28,7 @@ CORE_NODES = {"CheckpointLoaderSimple", "CLIPVisionLoader", "LoadImage", "CLIPTe
               "KSampler", "VAEDecode", "VAEEncode", "SaveImage", "LoraLoader", "ControlNetLoader",
               "ControlNetApplyAdvanced", "SetLatentNoiseMask", "SolidMask", "MaskComposite", "ConditioningSetMask",
               "ConditioningCombine", "PreviewImage", "UNETLoader", "DualCLIPLoader", "TripleCLIPLoader",
-              "VAELoader", "FluxGuidance", "EmptySD3LatentImage"} | NOTES
+              "VAELoader", "FluxGuidance", "EmptySD3LatentImage", "ContextWindowsManual", "MaskToImage"} | NOTES
 TITLE_HEIGHT = 30
 #: The released names of the FLUX.1 (XLabs) and SD3.5 Large (InstantX) files, which no preset lists.
 DIT_FILES = {

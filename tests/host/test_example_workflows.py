@@ -9,14 +9,15 @@ import pytest
 import torch
 
 from tests.host import graph
+from tests.host.test_animation_workflows import CROSSFADE, TILED
 from tests.host.test_dit_workflows import FILES as DIT_WORKFLOWS
 from tests.host.test_faceid_workflows import FACEID, PLUSV2
 from tests.host.workflow_runner import has_muted, load, run_workflow
 
 ALL_WORKFLOWS = sorted((Path(__file__).parents[2] / "workflows").glob("*.json"))
-#: Workflows whose models need their own stand-ins (InsightFace packs, DiT checkpoints and text encoders); their
-#: modules run them in the host's executor the same way.
-RUN_ELSEWHERE = {FACEID, PLUSV2, *DIT_WORKFLOWS.values()}
+#: Workflows whose models need their own stand-ins (InsightFace packs, DiT checkpoints and text encoders, frame
+#: batches under context windows); their modules run them in the host's executor the same way.
+RUN_ELSEWHERE = {FACEID, PLUSV2, *DIT_WORKFLOWS.values(), CROSSFADE.name, TILED.name}
 WORKFLOWS = [p for p in ALL_WORKFLOWS if p.name not in RUN_ELSEWHERE]
 
 
