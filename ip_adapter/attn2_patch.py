@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 
 from .attention import decoupled_attention, sdpa_attention
+from .call_state import CALL_STATE_KEY, CallState
 from .entry import AdapterEntry
 from .run_plan import plan_of
 from .weight_types import LayerRule
@@ -68,12 +69,20 @@ class Attn2Patch:
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra: dict) -> torch.Tensor:
         heads = extra["n_heads"]
-        plan = plan_of(extra)
-        terms = [t for c in self.contributions if (t := plan.term(self.index, c.entry, c.rule, q, extra)) is not None]
+        terms = self.call_state(q, extra).terms(self.index, q, extra)
         base = self.base
         text = (lambda a, b, c, h: base(a, b, c, extra)) if base is not None else None
         out = decoupled_attention(q, k, v, heads, terms, lambda a, b, c, h: self.attention(a, b, c, h, extra), text)
         return out.to(q.dtype)
+
+    def call_state(self, q: torch.Tensor, extra: dict) -> CallState:
+        """The model call's prepared state (built once per call by the host glue before the UNet runs), or, for a
+        call made without it (direct calls, an unexpected grid, dtype or device), this layer's own, prepared now."""
+        state = extra.get(CALL_STATE_KEY)
+        if state is not None and state.fits(self.index, q):
+            return state
+        latent_hw = tuple(extra["original_shape"][-2:])
+        return plan_of(extra).call_state((self,), extra, q.shape[0], latent_hw, q.device, q.dtype, (q.shape[1],))
 
     def __deepcopy__(self, memo: dict) -> Attn2Patch:
         return self  # frozen inputs; sharing keeps one copy of the weights across clones

@@ -5,11 +5,11 @@ weights once, and shares them across every patched layer."""
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import torch
 
-from .attention import ImageTerm
+from .call_state import CallState, PreparedTerm, query_counts
 from .entry import AdapterEntry, SigmaWindow
 from .frames import frame_sources, row_frames
 from .masks import mask_for_queries
@@ -33,7 +33,7 @@ class RunPlan:
         self.windows = dict(windows or {})
         self.roles = dict(roles or {})
         self._sigma: tuple = (None, None)
-        self._call: tuple = (None, None, None, None, None)
+        self._call: tuple = (None,) * 5
         self._layout: BatchLayout | None = None
         self._frames: tuple[int, ...] | None = None
         self._index: dict[tuple, torch.Tensor] = {}
@@ -73,37 +73,39 @@ class RunPlan:
             self._frames = row_frames(extra, layout.rows_per_chunk)
         return self._frames
 
-    def row_index(self, extra: dict, q: torch.Tensor, counts: tuple[int, int] = (1, 1)) -> torch.Tensor:
+    def row_index(self, extra: dict, batch: int, device: torch.device, counts: tuple[int, int] = (1, 1)
+                  ) -> torch.Tensor:
         """Each row's index into a table with `counts` rows per role (LayerTable.counts). Shape: (B,)."""
-        layout = self.layout(extra, q.shape[0])
-        key = (counts, q.device)
+        layout = self.layout(extra, batch)
+        key = (counts, device)
         index = self._index.get(key)
         if index is None:
             if counts == (1, 1):  # one image for every frame: the row's role alone decides
-                index = layout.row_index(q.device)
+                index = layout.row_index(device)
             else:
-                index = layout.frame_row_index(self.frames(extra, layout), counts, q.device)
+                index = layout.frame_row_index(self.frames(extra, layout), counts, device)
             self._index[key] = index
         return index
 
-    def scale(self, entry: AdapterEntry, q: torch.Tensor, extra: dict) -> torch.Tensor | None:
+    def scale(self, entry: AdapterEntry, extra: dict, batch: int, num_queries: int, latent_hw: tuple[int, int],
+              device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
         """What multiplies the entry's image term on every row: its mask (one value per query) times its per-frame
         row weight, each taken at the row's global frame. Shape: (B, Nq or 1, 1), or None."""
         if entry.mask is None and entry.row_weights is None:
             return None
-        layout = self.layout(extra, q.shape[0])
-        key = (entry, q.shape[1], q.device, q.dtype)
+        layout = self.layout(extra, batch)
+        key = (entry, num_queries, device, dtype)
         scale = self._scales.get(key)
         if scale is None:
             frames = torch.tensor(self.frames(extra, layout), dtype=torch.long)
             scale = torch.ones(frames.numel(), 1, 1, dtype=torch.float64)
             if entry.mask is not None:
-                per_query = self._mask_per_query(entry, q.shape[1], tuple(extra["original_shape"][-2:]))
+                per_query = self._mask_per_query(entry, num_queries, latent_hw)
                 scale = per_query[frames.clamp(max=per_query.shape[0] - 1)]
             if entry.row_weights is not None:
                 weights = entry.row_weights
                 scale = scale * weights[frames.clamp(max=weights.numel() - 1)].view(-1, 1, 1)
-            scale = self._scales[key] = scale.repeat(len(layout.chunk_roles), 1, 1).to(q.device, q.dtype)
+            scale = self._scales[key] = scale.repeat(len(layout.chunk_roles), 1, 1).to(device, dtype)
         return scale
 
     def _mask_per_query(self, entry: AdapterEntry, num_queries: int, latent_hw: tuple) -> torch.Tensor:
@@ -114,15 +116,44 @@ class RunPlan:
             per_query = self._per_query[key] = mask_for_queries(entry.mask, num_queries, latent_hw)
         return per_query
 
-    def term(self, index: int, entry: AdapterEntry, rule: LayerRule, q: torch.Tensor, extra: dict
-             ) -> ImageTerm | None:
-        """`entry`'s image term at layer `index` for this batch, or None when it adds nothing."""
-        if entry.weight * rule.factor == 0 or not self.active(entry, extra):
+    def call_state(self, patches: Iterable, extra: dict, batch: int, latent_hw: tuple[int, int],
+                   device: torch.device, dtype: torch.dtype, num_queries: tuple[int, ...] | None = None,
+                   gated: bool = False) -> CallState:
+        """Everything `patches` (Attn2Patch objects) need in one model call (call_state.py).
+
+        Args:
+            extra: the call's transformer options (cond_or_uncond, uuids, sigmas, context window).
+            batch, latent_hw: rows of the call and the latent's (H, W).
+            device, dtype: where and in what the UNet computes its attention.
+            num_queries: the grids to prepare scales for (default: every UNet level of `latent_hw`).
+            gated: keep entries outside their window with a zero scale (torch.compile) instead of dropping them.
+        """
+        counts = query_counts(latent_hw) if num_queries is None else num_queries
+        layers = {}
+        for patch in patches:
+            prepared = (self.prepare(patch.index, c.entry, c.rule, extra, batch, latent_hw, counts, device, dtype,
+                                     gated) for c in patch.contributions)
+            layers[patch.index] = tuple(p for p in prepared if p is not None)
+        return CallState(layers, batch, torch.device(device), dtype)
+
+    def prepare(self, index: int, entry: AdapterEntry, rule: LayerRule, extra: dict, batch: int,
+                latent_hw: tuple[int, int], num_queries: tuple[int, ...], device: torch.device, dtype: torch.dtype,
+                gated: bool) -> PreparedTerm | None:
+        """`entry`'s term at layer `index` for this call, or None when it adds nothing."""
+        if entry.weight * rule.factor == 0:
             return None
-        table = entry.table(index, rule, q.device, q.dtype)
-        rows = self.row_index(extra, q, table.counts)
-        return ImageTerm(table.k.index_select(0, rows), table.v.index_select(0, rows), table.out_weight,
-                         self.scale(entry, q, extra))
+        active = self.active(entry, extra)
+        if not (active or gated):
+            return None
+        table = entry.table(index, rule, device, dtype)
+        rows = self.row_index(extra, batch, device, table.counts)
+        scales = {n: self.scale(entry, extra, batch, n, latent_hw, device, dtype) for n in num_queries}
+        if gated:
+            gate = torch.full((1, 1, 1), float(active), device=device, dtype=dtype)
+            scales = {n: gate if s is None else s * gate for n, s in scales.items()}
+        elif entry.mask is None and entry.row_weights is None:
+            scales = None
+        return PreparedTerm(entry, rule, table.k, table.v, table.out_weight, rows, scales)
 
 
 def plan_of(extra: dict) -> RunPlan:

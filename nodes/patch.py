@@ -4,7 +4,9 @@ OUTER_SAMPLE wrapper that builds each sampling run's plan.
 When sampling starts, the wrapper (1) turns every entry's start_at/end_at into sigmas with the model sampling then in
 force, (2) maps every conditioning's uuid to its role from the guider's named conds, and (3) re-joins our patches
 with foreign attn2 patches registered after ours (the host looks up `(block, id, index)` before `(block, id)`, and a
-later writer replaces an earlier one), all in the run's own copy of the model options.
+later writer replaces an earlier one), all in the run's own copy of the model options. Before each model call, an
+APPLY_MODEL wrapper prepares what every patched layer needs for that call (ip_adapter/call_state.py), outside any
+torch.compile region, so the layers themselves only gather and attend.
 """
 
 from __future__ import annotations
@@ -14,16 +16,22 @@ import comfy.patcher_extension
 import torch
 
 from ..ip_adapter.attn2_patch import Attn2Patch, Contribution
+from ..ip_adapter.call_state import CALL_STATE_KEY
 from ..ip_adapter.entry import AdapterEntry
 from ..ip_adapter.layout import UNetLayout
 from ..ip_adapter.rows import roles_by_uuid
-from ..ip_adapter.run_plan import RUN_PLAN_KEY, RunPlan
+from ..ip_adapter.run_plan import RUN_PLAN_KEY, RunPlan, plan_of
 from ..ip_adapter.weight_types import LayerRule
 
 #: transformer_options key: {(patch group, key): our patch}, copy-on-write like the host's own patch dicts.
 REGISTRY_KEY = "ip_adapter_patches"
 WRAPPER_KEY = "ip_adapter_run_plan"
 OUTER_SAMPLE = comfy.patcher_extension.WrappersMP.OUTER_SAMPLE
+APPLY_MODEL = comfy.patcher_extension.WrappersMP.APPLY_MODEL
+#: The key of the host's torch.compile wrapper (comfy_api.torch_helpers, TorchCompileModel).
+COMPILE_KEY = "torch.compile"
+#: Latents of the UNets we patch: (B, C, H, W).
+LATENT_DIMS = 4
 
 
 def host_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, extra: dict) -> torch.Tensor:
@@ -68,10 +76,33 @@ def outer_sample_wrapper(executor, *args, **kwargs):
     return executor(*args, **kwargs)
 
 
+def _compiled(options: dict) -> bool:
+    """Whether the host's TorchCompileModel wrapper will compile this call's diffusion model."""
+    return bool(options.get("wrappers", {}).get(APPLY_MODEL, {}).get(COMPILE_KEY))
+
+
+def apply_model_wrapper(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None,
+                        **kwargs):
+    """APPLY_MODEL wrapper (registered once per model): prepares this model call's state for every patched layer
+    (call_state.py), eagerly, before the (possibly compiled) diffusion model runs."""
+    options = dict(transformer_options or {})
+    patches = [p for p in options.get(REGISTRY_KEY, {}).values() if isinstance(p, Attn2Patch)]
+    if patches and x.dim() == LATENT_DIMS:
+        base_model = executor.class_obj
+        dtype = base_model.manual_cast_dtype or base_model.get_dtype()
+        options[CALL_STATE_KEY] = plan_of(options).call_state(
+            patches, options, x.shape[0], tuple(x.shape[-2:]), x.device, dtype,
+            gated=_compiled(options))
+    return executor(x, t, c_concat, c_crossattn, control, options, **kwargs)
+
+
 def register_run_plan(model) -> None:
-    """Make sure `model` builds a run plan when sampling starts (once, however many adapters it carries)."""
+    """Make sure `model` builds a run plan when sampling starts and a call state before each model call (once,
+    however many adapters it carries)."""
     if outer_sample_wrapper not in model.get_wrappers(OUTER_SAMPLE, WRAPPER_KEY):
         model.add_wrapper_with_key(OUTER_SAMPLE, WRAPPER_KEY, outer_sample_wrapper)
+    if apply_model_wrapper not in model.get_wrappers(APPLY_MODEL, WRAPPER_KEY):
+        model.add_wrapper_with_key(APPLY_MODEL, WRAPPER_KEY, apply_model_wrapper)
 
 
 def patch_model(model, layout: UNetLayout, entry: AdapterEntry, rules: dict[int, LayerRule]):

@@ -4,8 +4,8 @@ mask are those of its index in the whole batch, never its position inside the wi
 
 Two proofs. The SD1.5 UNet treats frames independently, so a windowed prediction of every frame must equal the
 prediction without windows (any window-relative lookup breaks this for every window but the first). And the patch is
-instrumented: RunPlan.term is wrapped to record, for every layer call inside a window, the window's global indices
-and which K/V table row, weight and mask each batch row received.
+instrumented: RunPlan.prepare is wrapped to record, for every patched layer of every model call inside a window, the
+window's global indices and which K/V table row, weight and mask each batch row receives.
 
 The model stacks Apply IP-Adapter Batch (6 images for 8 frames, so the last repeats; 8 frame weights; 8 masks) and a
 plain Apply IP-Adapter with 8 per-frame masks (the masks of a single image prompt follow the global frame too).
@@ -66,19 +66,19 @@ def record(host_pack, monkeypatch) -> list:
     per batch row, latent size)."""
     calls: list = []
     plan_cls = host_pack.module.ip_adapter.run_plan.RunPlan
-    original = plan_cls.term
+    original = plan_cls.prepare
 
-    def recording_term(self, index, entry, rule, q, extra):
-        term = original(self, index, entry, rule, q, extra)
+    def recording_prepare(self, index, entry, rule, extra, batch, latent_hw, *args):
+        prepared = original(self, index, entry, rule, extra, batch, latent_hw, *args)
         window = extra.get("context_window")
-        if term is not None and window is not None:
-            table = entry.table(index, rule, q.device, q.dtype)
-            rows = [next(j for j in range(table.k.shape[0]) if torch.equal(k, table.k[j])) for k in term.k]
-            calls.append((list(window.index_list), entry, table.counts, list(extra["cond_or_uncond"]), rows,
-                          term.mask, tuple(extra["original_shape"][-2:])))
-        return term
+        if prepared is not None and window is not None:
+            table = entry.table(index, rule, prepared.k.device, prepared.k.dtype)
+            for scale in (prepared.scales or {}).values():
+                calls.append((list(window.index_list), entry, table.counts, list(extra["cond_or_uncond"]),
+                              prepared.rows.tolist(), scale, tuple(latent_hw)))
+        return prepared
 
-    monkeypatch.setattr(plan_cls, "term", recording_term)
+    monkeypatch.setattr(plan_cls, "prepare", recording_prepare)
     return calls
 
 

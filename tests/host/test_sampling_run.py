@@ -3,9 +3,9 @@ from under every guider (CFG, DualCFGGuider, PerpNegGuider, Self-Attention Guida
 follow the model sampling in force when sampling starts, wherever its patch sits in the chain; foreign attn2 patches
 registered after ours, under either key form, keep working with ours.
 
-Instrumentation: the pack's RunPlan.term is wrapped to record, for every patched layer call, the sampler's chunk
-uuids and which row of the entry's [reference, negative] K table each batch row received; an extra OUTER_SAMPLE
-wrapper records the guider's named conditionings (uuid -> name)."""
+Instrumentation: the pack's RunPlan.prepare is wrapped to record, for every patched layer of every model call, the
+sampler's chunk uuids and which row of the entry's [reference, negative] K table each batch row reads; an extra
+OUTER_SAMPLE wrapper records the guider's named conditionings (uuid -> name)."""
 
 from __future__ import annotations
 
@@ -46,19 +46,16 @@ def record(host_pack, monkeypatch) -> Record:
 
     rec = Record()
     plan_cls = host_pack.module.ip_adapter.run_plan.RunPlan
-    original = plan_cls.term
+    original = plan_cls.prepare
 
-    def recording_term(self, index, entry, rule, q, extra):
-        term = original(self, index, entry, rule, q, extra)
-        sigma = self.sigma(extra)
-        rec.sigmas.append((sigma, term is not None))
-        if term is not None:
-            table = entry.table(index, rule, q.device, q.dtype)
-            got = [P if torch.equal(k, table.k[P]) else N if torch.equal(k, table.k[N]) else None for k in term.k]
-            rec.rows.append((list(extra.get("uuids") or []), list(extra["cond_or_uncond"]), got))
-        return term
+    def recording_prepare(self, index, entry, rule, extra, *args):
+        prepared = original(self, index, entry, rule, extra, *args)
+        rec.sigmas.append((self.sigma(extra), prepared is not None))
+        if prepared is not None:
+            rec.rows.append((list(extra.get("uuids") or []), list(extra["cond_or_uncond"]), prepared.rows.tolist()))
+        return prepared
 
-    monkeypatch.setattr(plan_cls, "term", recording_term)
+    monkeypatch.setattr(plan_cls, "prepare", recording_prepare)
 
     def names_wrapper(executor, *args, **kwargs):
         conds = executor.class_obj.conds

@@ -231,7 +231,7 @@ def test_a_48_frame_mask_batch_under_16_frame_windows(adapter) -> None:
     plan = RunPlan()
     for start in (0, 12, 24, 32):
         window = list(range(start, start + 16))
-        q = torch.zeros(32, QUERIES, WIDTH, dtype=torch.float64)
-        scale = plan.scale(entry, q, _extra([1, 0], plan, context_window=Window(window)))
+        extra = _extra([1, 0], plan, context_window=Window(window))
+        scale = plan.scale(entry, extra, 32, QUERIES, GRID, torch.device("cpu"), torch.float64)
         expected = masks[window].reshape(16, QUERIES, 1).double().repeat(2, 1, 1)
         assert torch.equal(scale, expected), start
