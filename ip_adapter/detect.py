@@ -50,15 +50,18 @@ def _ip_indices(ad: StateDict, name: str) -> dict[int, set[str]]:
 
 
 def _check_layer_count(indices: list[int], name: str) -> None:
-    expected = {layout.num_layers: layout for layout in (SD15_LAYOUT, SDXL_LAYOUT)}
-    if len(indices) in expected and indices == list(range(1, 2 * len(indices), 2)):
+    """Accept n layers at the odd indices 1, 3, ..., 2n-1: 16 (SD1.5), 70 (SDXL) or any other count (a custom
+    layout, e.g. an adapter trained for a pruned or distilled UNet; it is checked against the model at Apply)."""
+    if indices and indices == list(range(1, 2 * len(indices), 2)):
         return
+    expected = {layout.num_layers: layout for layout in (SD15_LAYOUT, SDXL_LAYOUT)}
     nearest = min(expected, key=lambda n: abs(n - len(indices)))
     wanted = set(range(1, 2 * nearest, 2))
     missing, extra = sorted(wanted - set(indices)), sorted(set(indices) - wanted)
     raise _fail(name, f"the layer group has {len(indices)} cross-attention layers (indices {indices[:3]}..."
-                f"{indices[-1:]}); SD1.5 adapters have 16 and SDXL adapters 70 (odd indices 1, 3, 5, ...). "
-                f"Compared with {expected[nearest].family.value}: missing {missing or 'none'}, extra {extra or 'none'}",
+                f"{indices[-1:]}), not at the odd indices 1, 3, 5, ... that every adapter uses (SD1.5 adapters have "
+                f"16 layers and SDXL adapters 70). Compared with {expected[nearest].family.value}: missing "
+                f"{missing or 'none'}, extra {extra or 'none'}",
                 "The file is incomplete or not an official IP-Adapter; download it again")
 
 
@@ -96,13 +99,17 @@ def _lora_rank(ad: StateDict, name: str) -> int:
     return max(ranks, default=0)
 
 
-def _family(group: LayerGroup, name: str) -> BaseFamily:
-    family = LAYOUT_BY_LAYER_COUNT[len(group.indices)].family
+def _family(group: LayerGroup, name: str) -> tuple[BaseFamily, bool]:
+    """The base family and whether the layer count is a custom one (then the context width decides the family)."""
     known = _KNOWN_CROSS_DIMS.get(group.cross_attention_dim)
-    if known is not None and known is not family:
-        raise _fail(name, f"it has the {family.value} layer count ({len(group.indices)}) but the {known.value} "
-                    f"context width ({group.cross_attention_dim})", "The file is corrupt or a mix of two adapters")
-    return family
+    standard = LAYOUT_BY_LAYER_COUNT.get(len(group.indices))
+    if standard is None:
+        return known or BaseFamily.SD15, True
+    if known is not None and known is not standard.family:
+        raise _fail(name, f"it has the {standard.family.value} layer count ({len(group.indices)}) but the "
+                    f"{known.value} context width ({group.cross_attention_dim})",
+                    "The file is corrupt or a mix of two adapters")
+    return standard.family, False
 
 
 def _projection_type(ip: StateDict, name: str) -> ProjectionType:
@@ -175,7 +182,7 @@ def detect(image_proj: StateDict, ip_adapter: StateDict, name: str) -> AdapterSp
     """Describe an adapter from its two key groups. `name` is the file name (used in messages and for the
     layout-identical variants listed in this module's docstring)."""
     group = validate_layers(ip_adapter, name)
-    family = _family(group, name)
+    family, custom = _family(group, name)
     projection = _projection_type(image_proj, name)
     try:
         fields = _FIELDS[projection](image_proj, name, family)
@@ -184,4 +191,5 @@ def detect(image_proj: StateDict, ip_adapter: StateDict, name: str) -> AdapterSp
                     "The file is incomplete; download it again") from e
     fields.setdefault("face_id_dim", 0)
     return AdapterSpec(family=family, projection=projection, num_layers=len(group.indices),
-                       cross_attention_dim=group.cross_attention_dim, lora_rank=group.lora_rank, **fields)
+                       cross_attention_dim=group.cross_attention_dim, lora_rank=group.lora_rank,
+                       custom_layout=custom, **fields)

@@ -59,7 +59,8 @@ class AdapterSpec:
     Attributes:
         kind: "base", "light", "vit-g", "plus", "plus-face", "composition", "full-face", "faceid",
             "faceid-plus", "faceid-plusv2", "faceid-portrait" or "faceid-portrait-unnorm".
-        family: the base model family (from the layer count, 16 = SD1.5, 70 = SDXL).
+        family: the base model family (from the layer count, 16 = SD1.5, 70 = SDXL; for other counts from the
+            context width, 2048 = SDXL, else SD1.5).
         projection: the image-projection architecture.
         clip_output: the CLIP output consumed, or None for FaceID models that use only the face embedding.
         clip_width: width of that CLIP output (E), or 0 when there is none.
@@ -69,6 +70,8 @@ class AdapterSpec:
         cross_attention_dim: the UNet context width the tokens live in (768 SD1.5, 2048 SDXL).
         lora_rank: rank of the embedded FaceID LoRA, or 0.
         shortcut: FaceID PlusV2 adds the ID tokens back after the resampler.
+        custom_layout: the layer count is neither SD1.5's 16 nor SDXL's 70 (an adapter trained for a pruned or
+            distilled UNet); its layers are matched to the model's own cross-attention layers at Apply.
     """
 
     kind: str
@@ -82,6 +85,7 @@ class AdapterSpec:
     cross_attention_dim: int
     lora_rank: int = 0
     shortcut: bool = False
+    custom_layout: bool = False
 
     @property
     def encoder(self) -> str:
@@ -95,7 +99,8 @@ class AdapterSpec:
     def describe(self) -> str:
         """One line for logs and error messages."""
         encoder = f"{self.encoder} {self.clip_output.value}" if self.clip_output else "face ID only"
+        layers = f"{self.num_layers} layers, custom layout" if self.custom_layout else f"{self.num_layers} layers"
         return (
             f"{self.family.value} {self.kind} IP-Adapter ({self.projection.value}, {encoder}, "
-            f"{self.num_tokens} tokens, {self.num_layers} layers)"
+            f"{self.num_tokens} tokens, {layers})"
         )

@@ -7,6 +7,7 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
 from ..ip_adapter import IncompatibleModelError, IPAdapter
 from ..ip_adapter.layout import LAYOUTS, UNetLayout
+from ..ip_adapter.model_layout import BlockTransformer, layout_from_blocks
 
 FAMILY_BY_CONTEXT = {layout.cross_attention_dim: family for family, layout in LAYOUTS.items()}
 
@@ -15,17 +16,39 @@ def _transformers(block) -> list[SpatialTransformer]:
     return [m for m in block.children() if isinstance(m, SpatialTransformer)]
 
 
-def attn2_widths(unet: UNetModel) -> dict[tuple[str, int, int], int]:
-    """Every attn2 patch key of a ComfyUI UNet with its inner width (heads * dim_head)."""
+def _blocks(unet: UNetModel) -> list[tuple[str, int, object]]:
+    """ComfyUI's blocks in execution order: input, middle, output."""
     groups = [("input", i, b) for i, b in enumerate(unet.input_blocks)]
     groups += [("middle", 0, unet.middle_block)]
-    groups += [("output", i, b) for i, b in enumerate(unet.output_blocks)]
+    return groups + [("output", i, b) for i, b in enumerate(unet.output_blocks)]
+
+
+def attn2_widths(unet: UNetModel) -> dict[tuple[str, int, int], int]:
+    """Every attn2 patch key of a ComfyUI UNet with its inner width (heads * dim_head)."""
     widths = {}
-    for name, number, block in groups:
+    for name, number, block in _blocks(unet):
         for st in _transformers(block):
             for j, tb in enumerate(st.transformer_blocks):
                 widths[(name, number, j)] = tb.attn2.to_k.out_features
     return widths
+
+
+def model_transformers(unet: UNetModel) -> list[BlockTransformer]:
+    """The UNet's SpatialTransformers in execution order, with depth and attn2 width."""
+    return [BlockTransformer(name, number, len(st.transformer_blocks), st.transformer_blocks[0].attn2.to_k.out_features)
+            for name, number, block in _blocks(unet) for st in _transformers(block) if st.transformer_blocks]
+
+
+def _custom_layout(unet: UNetModel, adapter: IPAdapter) -> UNetLayout:
+    """The model's own cross-attention layers, numbered as the trainer numbered them; their count must match."""
+    spec = adapter.spec
+    layout = layout_from_blocks(spec.family, spec.cross_attention_dim, model_transformers(unet), unet.num_res_blocks)
+    if layout.num_layers != spec.num_layers:
+        raise IncompatibleModelError(
+            f"'{adapter.name}' has a custom layout with {spec.num_layers} cross-attention layers, but this model's "
+            f"UNet has {layout.num_layers}. The adapter was trained for another UNet; apply it to the model it was "
+            "trained with (or train one for this model with python -m ip_adapter.train).")
+    return layout
 
 
 def _family_name(context_dim: int) -> str:
@@ -48,7 +71,7 @@ def check_model(model, adapter: IPAdapter) -> UNetLayout:
             f"'{name}' is an {spec.family.value} adapter (cross-attention dim {spec.cross_attention_dim}) but the "
             f"model is {model_family} ({context}); load an adapter made for {model_family} models, or use an "
             f"{spec.family.value} checkpoint.")
-    layout = LAYOUTS[spec.family]
+    layout = _custom_layout(unet, adapter) if spec.custom_layout else LAYOUTS[spec.family]
     widths = attn2_widths(unet)
     for layer in layout.layers:
         found = widths.get(layer.patch_key)
@@ -57,6 +80,6 @@ def check_model(model, adapter: IPAdapter) -> UNetLayout:
             seen = "has no such layer" if found is None else f"has width {found}"
             raise IncompatibleModelError(
                 f"'{name}' layer {layer.checkpoint_index} targets attn2 {layer.patch_key} of width {expected}, but "
-                f"the model {seen}. The model's UNet does not have the standard {spec.family.value} layout "
+                f"the model {seen}. The model's UNet does not have the layout the adapter was trained for "
                 "(a pruned or distilled variant?); use an adapter trained for it.")
     return layout

@@ -26,6 +26,7 @@ from tests.factories import (
 CROSS, EMBED, TOKENS, WIDTH = 8, 12, 4, 8
 SD15_LAYERS = 16
 LAST_SD15_KEY, FIRST_EXTRA_KEY = 31, 33
+GAP_KEY = 13
 HALF_LAYER_KEY, LORA_LAYER_KEY = 5, 3
 SDXL_CROSS = 2048
 SMALL_LORA_RANK = 2
@@ -125,6 +126,12 @@ def _drop_layer(groups: Groups) -> Groups:
     return groups
 
 
+def _drop_inner_layer(groups: Groups) -> Groups:
+    for proj in ("to_k_ip", "to_v_ip"):
+        del groups["ip_adapter"][f"{GAP_KEY}.{proj}.weight"]
+    return groups
+
+
 def _add_layer(groups: Groups) -> Groups:
     for proj in ("to_k_ip", "to_v_ip"):
         groups["ip_adapter"][f"{FIRST_EXTRA_KEY}.{proj}.weight"] = torch.zeros(WIDTH, CROSS)
@@ -207,10 +214,8 @@ BAD_FILES = [
             ("UNet", "model.diffusion_model.")),
     BadFile("clip-vision", "CLIP-ViT-H-14.safetensors",
             _raw_safetensors({"vision_model.embeddings.class_embedding": (4,)}), ("CLIP vision",)),
-    BadFile("one-layer-short", "ip-adapter_sd15.safetensors", _sft(_drop_layer),
-            ("15 cross-attention layers", f"missing [{LAST_SD15_KEY}]")),
-    BadFile("one-layer-extra", "ip-adapter_sd15.safetensors", _sft(_add_layer),
-            ("17 cross-attention layers", f"extra [{FIRST_EXTRA_KEY}]")),
+    BadFile("gap-in-layers", "ip-adapter_sd15.safetensors", _sft(_drop_inner_layer),
+            ("15 cross-attention layers", f"missing [{GAP_KEY}]", "extra none")),
     BadFile("missing-to_v_ip", "ip-adapter_sd15.safetensors", _sft(_drop_to_v_ip),
             (f"layer {HALF_LAYER_KEY} lacks ['to_v_ip']",)),
     BadFile("unknown-layer-key", "ip-adapter_sd15.safetensors", _sft(_unknown_layer_key),
@@ -240,6 +245,23 @@ def test_bad_input_raises_pack_error_naming_the_file(tmp_path: Path, case: BadFi
     for fragment in case.says:
         assert fragment in message
     assert not isinstance(info.value, UnsafeCheckpointError)
+
+
+@pytest.mark.parametrize(("edit", "layers"), [(_drop_layer, SD15_LAYERS - 1), (_add_layer, SD15_LAYERS + 1)],
+                         ids=["one-layer-short", "one-layer-extra"])
+def test_other_layer_counts_load_as_a_custom_layout(tmp_path: Path, edit: Callable[[Groups], Groups],
+                                                    layers: int) -> None:
+    """Adapters trained for pruned or distilled UNets have their own layer count: the loader accepts any run of odd
+    indices 1, 3, ..., 2n-1 and leaves the check against the model's cross-attention layers to Apply."""
+    adapter = load_ip_adapter(_save_safetensors(tmp_path / "ip-adapter_sd15.safetensors", flat(edit(_groups()))))
+    assert (adapter.spec.num_layers, adapter.spec.custom_layout) == (layers, True)
+    assert adapter.layers.ip_indices == list(range(1, 2 * layers, 2))
+    assert f"{layers} layers, custom layout" in adapter.spec.describe()
+
+
+def test_standard_layer_counts_are_not_custom(tmp_path: Path) -> None:
+    adapter = load_ip_adapter(_save_safetensors(tmp_path / "ip-adapter_sd15.safetensors", flat(_groups())))
+    assert (adapter.spec.num_layers, adapter.spec.custom_layout) == (SD15_LAYERS, False)
 
 
 def _drop_image_proj_key(image_proj: dict, key: str) -> Callable[[Groups], Groups]:
