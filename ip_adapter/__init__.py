@@ -17,10 +17,13 @@ from .checkpoint import read_checkpoint
 from .encoding import COMBINE_METHODS, ClipEncoding, ImagePrompt, combine
 from .errors import (
     CheckpointFormatError,
+    DatasetError,
     IncompatibleEncodingError,
     IncompatibleModelError,
     InvalidOptionError,
     IPAdapterError,
+    MissingDependencyError,
+    TrainingSetupError,
     UnsafeCheckpointError,
 )
 from .kv_cache import ImageKV
@@ -29,9 +32,9 @@ from .spec import AdapterSpec, ClipOutput, ProjectionType
 
 __all__ = [
     "COMBINE_METHODS", "EMBEDS_SCALING", "LAYOUTS", "SD15_LAYOUT", "SDXL_LAYOUT",
-    "AdapterSpec", "AttnLayer", "BaseFamily", "CheckpointFormatError", "ClipEncoding", "ClipOutput", "IPAdapter",
-    "IPAdapterError", "ImageKV", "ImagePrompt", "ImageTerm", "IncompatibleEncodingError", "IncompatibleModelError",
-    "InvalidOptionError",
+    "AdapterSpec", "AttnLayer", "BaseFamily", "CheckpointFormatError", "ClipEncoding", "ClipOutput", "DatasetError",
+    "IPAdapter", "IPAdapterError", "ImageKV", "ImagePrompt", "ImageTerm", "IncompatibleEncodingError",
+    "IncompatibleModelError", "InvalidOptionError", "MissingDependencyError", "TrainingSetupError",
     "ProjectionType", "UNetLayout", "UnsafeCheckpointError", "combine", "decoupled_attention", "load_ip_adapter",
     "mask_for_queries", "read_checkpoint", "rows_for_chunks", "scale_embeds", "sdpa_attention",
 ]

@@ -25,3 +25,15 @@ class IncompatibleEncodingError(IPAdapterError, ValueError):
 
 class InvalidOptionError(IPAdapterError, ValueError):
     """A node option outside its list (e.g. a workflow saved by a newer version, edited by hand)."""
+
+
+class MissingDependencyError(IPAdapterError, ImportError):
+    """An optional package (accelerate, tensorboard, diffusers for training) is not installed; names the pip command."""
+
+
+class DatasetError(IPAdapterError, ValueError):
+    """Training data that cannot be used as given (missing captions, unreadable images, malformed manifest lines)."""
+
+
+class TrainingSetupError(IPAdapterError, ValueError):
+    """Training or evaluation inputs that do not fit together (model folders, image encoder, options, checkpoints)."""
