@@ -85,10 +85,11 @@ def check_base_folder(folder: Path) -> bool:
     missing = [p for p in BASE_PARTS + (SDXL_PARTS if sdxl else ()) if not (folder / p).is_dir()]
     if missing:
         found = sorted(p.name for p in folder.iterdir())[:8]
+        listed = ", ".join(f"{p}/" for p in missing)
         raise TrainingSetupError(
-            f"'{folder}' is not a diffusers {'SDXL' if sdxl else 'SD'} model folder: it lacks {', '.join(missing)}/ "
-            f"(found {', '.join(found) or 'nothing'}). Expected {', '.join(BASE_PARTS + SDXL_PARTS)}/ (the last two "
-            f"for SDXL). {CONVERT_HINT}")
+            f"'{folder}' is not a diffusers {'SDXL' if sdxl else 'SD'} model folder: it lacks {listed} (found "
+            f"{', '.join(found) or 'nothing'}). Expected {', '.join(f'{p}/' for p in BASE_PARTS)} and, for SDXL, "
+            f"{', '.join(f'{p}/' for p in SDXL_PARTS)}. {CONVERT_HINT}")
     return sdxl
 
 

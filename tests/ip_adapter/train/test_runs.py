@@ -1,0 +1,162 @@
+"""How runs behave: an interrupted run resumes exactly where it stopped (mid-epoch, on streamed shards), gradient
+accumulation and `accelerate launch` with two CPU processes train the same adapter as one process with the same
+global batch, and bad input stops the CLI before any model is loaded."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from ip_adapter.train import cli
+from ip_adapter.train.checkpoints import ADAPTER_FILE, complete_checkpoints
+from ip_adapter.train.config import DataConfig
+from ip_adapter.train.loop import train
+from tests.ip_adapter.train import tiny_models as tm
+from tests.ip_adapter.train.helpers import config, max_difference, relative_gap
+from tests.ip_adapter.train.test_data import shard_members, write_shard
+
+REPO = Path(__file__).resolve().parents[3]
+#: Same global batch, different split over processes / micro-batches: equal up to float reassociation, i.e. far
+#: closer to each other than to a run with another global batch (see helpers.relative_gap).
+SAME_BATCH_GAP = 1e-2
+LR = 1e-3
+
+
+def _run(folders, output: Path, data: DataConfig, **options) -> Path:
+    return train(config(folders.sd15, folders.encoder, output, data, learning_rate=LR, **options))
+
+
+@pytest.fixture
+def shards(folders, tmp_path: Path) -> tuple[str, ...]:
+    images = tm.write_images(tmp_path / "three", {f"s{i}": f"shard sample {i}" for i in range(3)}, seed=7)
+    write_shard(tmp_path / "a.tar", shard_members(images, ["s0", "s1"]))
+    write_shard(tmp_path / "b.tar", shard_members(images, ["s2"]))
+    return (str(tmp_path / "{a,b}.tar").replace("{a,b}", "*"),)
+
+
+def test_resume_equals_an_uninterrupted_run(folders, shards, tmp_path: Path, fresh_accelerate) -> None:
+    """Three streamed samples, batch 1: the run stops mid-epoch at step 2 and resumes into the next epoch."""
+    data = DataConfig(shards=shards)
+    options = dict(batch_size=1, checkpoint_every=2, shuffle_buffer=2)
+    straight = _run(folders, tmp_path / "straight", data, max_steps=5, **options)
+    _run(folders, tmp_path / "split", data, max_steps=2, **options)
+    assert [p.name for p in complete_checkpoints(tmp_path / "split")] == ["checkpoint-2"]
+    resumed = _run(folders, tmp_path / "split", data, max_steps=5, resume="latest", **options)
+    assert max_difference(resumed, straight) == 0
+    shorter = _run(folders, tmp_path / "shorter", data, max_steps=4, **options)  # control: one step less
+    assert max_difference(shorter, straight) > 1e-2 * LR
+
+
+def test_resume_refuses_changed_data_order_options(folders, tmp_path: Path, fresh_accelerate) -> None:
+    data = DataConfig(image_folder=folders.images)
+    _run(folders, tmp_path / "run", data, max_steps=1, checkpoint_every=1)
+    code = cli.main(["--pretrained-model", str(folders.sd15), "--image-encoder", str(folders.encoder),
+                     "--image-folder", str(folders.images), "--output-dir", str(tmp_path / "run"), "--resume",
+                     "--batch-size", "1", "--resolution", str(tm.RESOLUTION), "--num-workers", "0"])
+    assert code == cli.EXIT_BAD_INPUT
+
+
+def test_gradient_accumulation_equals_the_full_batch(folders, tmp_path: Path, fresh_accelerate) -> None:
+    data = DataConfig(image_folder=folders.images)
+    full = _run(folders, tmp_path / "full", data, batch_size=2, max_steps=3)
+    accumulated = _run(folders, tmp_path / "accumulated", data, batch_size=1, gradient_accumulation_steps=2,
+                       max_steps=3)
+    smaller_batch = _run(folders, tmp_path / "control", data, batch_size=1, max_steps=3)
+    assert relative_gap(full, accumulated, smaller_batch) < SAME_BATCH_GAP
+    assert max_difference(full, load_file(str(complete_checkpoints(tmp_path / "full")[0] / ADAPTER_FILE))) == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_accelerate_processes_train_what_one_process_trains(folders, tmp_path: Path, fresh_accelerate) -> None:
+    data = DataConfig(image_folder=folders.images)
+    one = _run(folders, tmp_path / "one", data, batch_size=2, max_steps=3)
+    args = ["--pretrained-model", str(folders.sd15), "--image-encoder", str(folders.encoder), "--image-folder",
+            str(folders.images), "--output-dir", str(tmp_path / "two"), "--resolution", str(tm.RESOLUTION),
+            "--batch-size", "1", "--max-steps", "3", "--num-workers", "0", "--learning-rate", str(LR),
+            "--export-dtype", "fp32", "--no-progress", "--checkpoint-every", "1000"]
+    # torchrun-style CPU processes: accelerate picks the gloo backend when told to use the CPU.
+    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+              str(_free_port()), "-m", "ip_adapter.train", *args]
+    done = subprocess.run(launch, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 processes, global batch 2" in done.stderr
+    smaller_batch = _run(folders, tmp_path / "control", data, batch_size=1, max_steps=3)
+    assert relative_gap(one, tmp_path / "two" / one.name, smaller_batch) < SAME_BATCH_GAP
+
+
+def _cli(folders, output: Path, *extra: str) -> list[str]:
+    return ["--pretrained-model", str(folders.sd15), "--image-encoder", str(folders.encoder), "--output-dir",
+            str(output), "--resolution", str(tm.RESOLUTION), "--batch-size", "1", "--num-workers", "0", *extra]
+
+
+def test_missing_captions_stop_before_any_model_is_loaded(folders, tmp_path: Path, monkeypatch, caplog,
+                                                          fresh_accelerate) -> None:
+    images = tm.write_images(tmp_path / "images", {"a": "x", "b": "y"})
+    (images / "b.txt").unlink()
+
+    def never(*_args, **_kwargs):
+        raise AssertionError("a model was loaded although the data was bad")
+
+    monkeypatch.setattr("ip_adapter.train.setup.load_base_model", never)
+    assert cli.main(_cli(folders, tmp_path / "out", "--image-folder", str(images))) == cli.EXIT_BAD_INPUT
+    assert "1 of 2 images" in caplog.text and "b.png" in caplog.text
+    assert not complete_checkpoints(tmp_path / "out")
+
+
+@pytest.mark.parametrize("case", ["not-a-folder", "no-unet", "encoder-missing"])
+def test_wrong_model_folders_are_named(folders, tmp_path: Path, caplog, fresh_accelerate, case: str) -> None:
+    base, encoder = folders.sd15, folders.encoder
+    if case == "not-a-folder":
+        base = tmp_path / "model.safetensors"
+        base.write_bytes(b"")
+    elif case == "no-unet":
+        base = tmp_path / "partial"
+        (base / "vae").mkdir(parents=True)
+    else:
+        encoder = tmp_path / "nothing"
+    argv = _cli(folders, tmp_path / "out", "--image-folder", str(folders.images))
+    argv[1], argv[3] = str(base), str(encoder)
+    assert cli.main(argv) == cli.EXIT_BAD_INPUT
+    says = {"not-a-folder": "is a file", "no-unet": "lacks unet/", "encoder-missing": "has no config.json"}[case]
+    assert says in caplog.text
+
+
+def test_an_adapter_for_another_encoder_is_refused(folders, tmp_path: Path, caplog, fresh_accelerate) -> None:
+    data = DataConfig(image_folder=folders.images)
+    first = _run(folders, tmp_path / "first", data, max_steps=1)
+    other = tm.write_image_encoder(tmp_path / "other-encoder", projection_dim=12)
+    argv = _cli(folders, tmp_path / "second", "--image-folder", str(folders.images), "--init-adapter", str(first))
+    argv[3] = str(other)
+    assert cli.main(argv) == cli.EXIT_BAD_INPUT
+    assert "image_embeds width 8" in caplog.text and "gives width 12" in caplog.text
+
+
+def test_optional_packages_are_named_with_their_install_command(monkeypatch) -> None:
+    from ip_adapter import MissingDependencyError
+    from ip_adapter.train.deps import require
+
+    monkeypatch.setitem(sys.modules, "tensorboard", None)
+    with pytest.raises(MissingDependencyError, match=r"pip install tensorboard.*requirements-train\.txt"):
+        require("tensorboard", "TensorBoard logging")
+
+
+def test_the_pack_imports_without_the_optional_packages() -> None:
+    code = ("import sys\nfor name in ('accelerate', 'tensorboard', 'diffusers'): sys.modules[name] = None\n"
+            "import ip_adapter, ip_adapter.train.cli, ip_adapter.evaluate.cli\n"
+            "from ip_adapter.train.loop import train\nprint('ok')")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert done.stdout.strip() == "ok", done.stderr[-2000:]
