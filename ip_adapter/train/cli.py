@@ -44,7 +44,8 @@ def _recipe(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("adapter and recipe (defaults: the paper's)")
     g.add_argument("--kind", choices=KINDS, default="base", help="base: ImageProjModel on image_embeds; plus: "
                    "Resampler on the penultimate hidden states")
-    g.add_argument("--num-tokens", type=int, default=0, help=f"image tokens (default {DEFAULT_TOKENS})")
+    g.add_argument("--num-tokens", type=int, default=0, help="image tokens per image (default: "
+                   + ", ".join(f"{n} for {k}" for k, n in DEFAULT_TOKENS.items()) + ")")
     g.add_argument("--resampler-dim", type=int, default=0, help="Plus only: Resampler width (default: the context "
                    "width, 1280 for SDXL)")
     g.add_argument("--resolution", type=int, default=_default("resolution"), help="training size (shortest side "
