@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
 
 from .deps import require
-
-log = logging.getLogger(__name__)
 
 
 @dataclass

@@ -40,14 +40,14 @@ def _listing(problems: list[str]) -> str:
     return "; ".join(problems[:SHOWN]) + more
 
 
-def open_image(path: Path, what: str = ""):
-    """Open an image fully decoded as RGB; a failure is a DatasetError naming the file."""
+def open_image(source: Path | BinaryIO, name: str | None = None):
+    """Open an image (a path or a binary file) fully decoded as RGB; a failure is a DatasetError naming it."""
     image_module = require("PIL.Image", "Reading training images")
     try:
-        with image_module.open(path) as image:
+        with image_module.open(source) as image:
             return image.convert("RGB")
     except (OSError, ValueError, image_module.DecompressionBombError) as e:
-        raise DatasetError(f"cannot read image '{path}'{what}: {e}. Replace or remove the file.") from e
+        raise DatasetError(f"cannot read image '{name or source}': {e}. Replace or remove it.") from e
 
 
 def image_problem(source: Path | BinaryIO) -> str | None:

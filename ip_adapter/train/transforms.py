@@ -58,11 +58,6 @@ class ClipPreprocess:
     def __init__(self, processor) -> None:
         self.processor = processor
 
-    @property
-    def size(self) -> int:
-        crop = self.processor.crop_size
-        return crop["height"] if isinstance(crop, dict) else int(crop)
-
     def __call__(self, image) -> torch.Tensor:
         """A PIL RGB image -> normalised pixels. Shape: (3, S, S)."""
         return self.processor(images=image, return_tensors="pt").pixel_values[0]

@@ -18,7 +18,7 @@ import torch
 
 from tests.host.ipa_setup import SIGMA, PackNodes, apply, latent, reference_images, text_conds, twin_clip_inputs
 from tests.host.predict import host_eps
-from tests.host.tiny_models import SD15, SDXL, UNET_CONFIGS, diffusers_to_ldm, ldm_layout
+from tests.host.tiny_models import SD15, UNET_CONFIGS, diffusers_to_ldm, ldm_layout
 
 TOLERANCE = 1e-4  # float32 through two frameworks, as in the other host parity tests
 MIN_EFFECT = 1e-2
@@ -91,11 +91,12 @@ def nodes(host_pack) -> PackNodes:
     return PackNodes.of(host_pack)
 
 
-@pytest.mark.parametrize(("family", "kind"), [(SD15, "base"), (SD15, "plus"), (SDXL, "plus")],
-                         ids=["sd15-base", "sd15-plus", "sdxl-plus"])
-def test_trained_adapter_runs_in_the_host_as_it_trained(nodes, tiny_sd15, tiny_sdxl, tiny_clip_vision, host_models,
-                                                        family: str, kind: str) -> None:
-    unet = tiny_sd15 if family == SD15 else tiny_sdxl
+@pytest.mark.parametrize("kind", ["base", "plus"])
+def test_trained_adapter_runs_in_the_host_as_it_trained(nodes, tiny_sd15, tiny_clip_vision, host_models,
+                                                        kind: str) -> None:
+    """SD1.5 here; the SDXL training forward is checked against diffusers in tests/ip_adapter/train, and the pack's
+    SDXL inference against diffusers in test_apply_parity."""
+    unet, family = tiny_sd15, SD15
     adapter = _trainer_adapter(copy.deepcopy(unet.diffusers), tiny_clip_vision, kind, seed=len(kind))
     trained = Trained(family, unet.patcher, adapter, kind)
     filename = _export(adapter, host_models, f"trained-{kind}_{family}.safetensors")

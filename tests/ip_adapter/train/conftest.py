@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.ip_adapter.train import tiny_models as tm
+from tests.ip_adapter.train.helpers import reset_accelerate
 
 CAPTIONS = {"red": "a red square", "blue": "a blue circle"}
 
@@ -30,10 +31,20 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> Folders:
                    tm.write_image_encoder(root / "encoder"), tm.write_images(root / "images", CAPTIONS))
 
 
+@pytest.fixture(scope="package", autouse=True)
+def single_thread():
+    """The tiny models' tensors are far below torch's parallel grain size: a second intra-op thread only adds spin
+    waits (and, on a busy machine, stalls). The previous setting is restored for the tests that follow."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture
 def fresh_accelerate():
     """accelerate keeps process-wide state; tests that build Accelerators reset it afterwards."""
     yield
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
+    reset_accelerate()

@@ -3,10 +3,8 @@ training (every bad file named), streamed deterministically, and preprocessed as
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -20,6 +18,7 @@ from ip_adapter.train.shards import check_shards, list_shards, stream_shard
 from ip_adapter.train.sources import folder_pairs, manifest_pairs
 from ip_adapter.train.transforms import resize_center_crop
 from tests.ip_adapter.train import tiny_models as tm
+from tests.ip_adapter.train.helpers import shard_members, write_shard
 
 CAPTIONS = {f"img{i}": f"caption {i}" for i in range(6)}
 
@@ -27,25 +26,6 @@ CAPTIONS = {f"img{i}": f"caption {i}" for i in range(6)}
 @pytest.fixture
 def images(tmp_path: Path) -> Path:
     return tm.write_images(tmp_path / "images", CAPTIONS)
-
-
-def write_shard(path: Path, members: list[tuple[str, bytes]]) -> Path:
-    with tarfile.open(path, "w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
-
-
-def shard_members(folder: Path, stems: list[str], caption_ext: str = "txt") -> list[tuple[str, bytes]]:
-    members = []
-    for stem in stems:
-        members.append((f"{stem}.png", (folder / f"{stem}.png").read_bytes()))
-        text = (folder / f"{stem}.txt").read_text()
-        data = json.dumps({"caption": text}).encode() if caption_ext == "json" else text.encode()
-        members.append((f"{stem}.{caption_ext}", data))
-    return members
 
 
 def test_folder_pairs_are_sorted_with_their_captions(images: Path) -> None:
@@ -222,3 +202,9 @@ def test_copying_the_folder_keeps_identities(images: Path, tmp_path: Path) -> No
     """Identities are relative paths: the same data in another place gets the same per-sample randomness."""
     moved = Path(shutil.copytree(images, tmp_path / "moved"))
     assert [p.identity for p in folder_pairs(images)] == [p.identity for p in folder_pairs(moved)]
+
+
+def test_an_unchecked_broken_shard_image_fails_naming_the_sample(tmp_path: Path) -> None:
+    broken = write_shard(tmp_path / "b.tar", [("k7.png", b"garbage"), ("k7.txt", b"a caption")])
+    with pytest.raises(DatasetError, match=r"shard sample b\.tar/k7"):
+        next(iter(ShardStream([broken], _builder(DropRates(0, 0, 0)), buffer=1)))

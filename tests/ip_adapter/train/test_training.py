@@ -1,4 +1,4 @@
-"""Training end to end on tiny SD1.5- and SDXL-shaped models (16 / 70 cross-attention layers): a few dozen steps on
+"""Training end to end on tiny SD1.5- and SDXL-shaped models (16 / 70 cross-attention layers): two dozen steps on
 two images lower a held-out loss, for base and Plus adapters; the export loads through the pack's loader and
 computes what the trained modules compute; training checkpoints (ours and the official scripts') convert to it."""
 
@@ -19,13 +19,14 @@ from ip_adapter.train.export import convert_checkpoint, write_adapter
 from ip_adapter.train.loop import run_training
 from ip_adapter.train.setup import Run, prepare_run
 from tests.ip_adapter.train import tiny_models as tm
-from tests.ip_adapter.train.helpers import config, held_out_loss, max_difference
+from tests.ip_adapter.train.helpers import config, held_out_loss, max_difference, reset_accelerate
 
-STEPS = 30
-#: A learning rate far above the recipe's 1e-4, so that 30 steps move a random tiny model measurably.
-OVERFIT_LR = 1e-2
-#: The held-out loss must drop by at least this factor (measured: 0.91 - 0.98; float noise is ~1e-7).
-MAX_RATIO = 0.99
+STEPS = 24
+#: A learning rate far above the recipe's 1e-4, so that two dozen steps move a random tiny model measurably.
+OVERFIT_LR = 1e-1
+#: The held-out loss must drop below this fraction of its start (measured after 24 steps, base / plus: SD1.5
+#: 0.921 / 0.947, SDXL 0.942 / 0.958; float rounding moves it by ~1e-6).
+MAX_RATIO = 0.985
 CASES = [(tm.SD15, "base"), (tm.SD15, "plus"), (tm.SDXL, "base"), (tm.SDXL, "plus")]
 
 
@@ -41,8 +42,6 @@ class Trained:
 
 @pytest.fixture(scope="module", params=CASES, ids=lambda c: f"{c[0]}-{c[1]}")
 def trained(request, folders, tmp_path_factory) -> Trained:
-    from accelerate.state import AcceleratorState
-
     family, kind = request.param
     output = tmp_path_factory.mktemp(f"run-{family}-{kind}")
     cfg = config(folders.base(family), folders.encoder, output, DataConfig(image_folder=folders.images), kind=kind,
@@ -53,13 +52,13 @@ def trained(request, folders, tmp_path_factory) -> Trained:
         run_training(run)
         after = held_out_loss(run)
     finally:
-        AcceleratorState._reset_state(reset_partial_state=True)
+        reset_accelerate()
     exported = output / "exported.safetensors"
     write_adapter(run.adapter.official_state_dict(), exported, "fp32")
     return Trained(family, kind, run, before, after, exported)
 
 
-def test_a_few_dozen_steps_lower_the_loss(trained: Trained) -> None:
+def test_two_dozen_steps_lower_the_loss(trained: Trained) -> None:
     assert trained.after < MAX_RATIO * trained.before, (trained.before, trained.after)
 
 
