@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from functools import partial
 from typing import Callable
 
 import torch
@@ -11,6 +12,7 @@ from torch import nn
 from .checkpoint import CheckpointGroups, read_checkpoint
 from .detect import detect
 from .errors import CheckpointFormatError, IncompatibleEncodingError
+from .placement import COMPUTE_DTYPES, compute_dtype, run_on
 from .projection import FaceIDProjModel, ImageProjModel, MLPProjModel, ProjPlusModel
 from .resampler import Resampler
 from .spec import ENCODER_FILES, AdapterSpec, ClipOutput, ProjectionType, encoder_name
@@ -23,6 +25,11 @@ _PROJECTIONS: dict[ProjectionType, type[nn.Module]] = {
     ProjectionType.FACEID_MLP: FaceIDProjModel,
     ProjectionType.FACEID_PLUS: ProjPlusModel,
 }
+
+
+def _stored(t: torch.Tensor, dtype: torch.dtype | None, device: torch.device | str) -> torch.Tensor:
+    target = dtype if dtype is not None else (t.dtype if t.dtype in COMPUTE_DTYPES else torch.float32)
+    return t.to(device=device, dtype=target)
 
 
 def _load_strict(module: nn.Module, sd: dict[str, torch.Tensor], name: str, group: str) -> None:
@@ -62,12 +69,17 @@ class IPAdapter(nn.Module):
 
     @classmethod
     def from_groups(
-        cls, groups: CheckpointGroups, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+        cls, groups: CheckpointGroups, dtype: torch.dtype | None = None, device: torch.device | str = "cpu"
     ) -> IPAdapter:
-        """Detect, build on the meta device, then adopt the file's tensors cast to `dtype` (no further copies)."""
+        """Detect, build on the meta device, then adopt the file's tensors (no further copies).
+
+        Args:
+            dtype: the storage dtype; None keeps the file's (float32 for storage-only types), so loading costs no
+                more than reading the file. The math casts to its compute dtype per call (placement.py).
+        """
         spec = detect(groups.image_proj, groups.ip_adapter, groups.name)
         ip_layers, lora = split_lora(groups.ip_adapter)
-        cast = {g: {k: v.to(device=device, dtype=dtype) for k, v in sd.items()}
+        cast = {g: {k: _stored(v, dtype, device) for k, v in sd.items()}
                 for g, sd in (("image_proj", groups.image_proj), ("ip_adapter", ip_layers))}
         image_proj = _build(lambda: _PROJECTIONS[spec.projection].from_state_dict(cast["image_proj"]),
                             groups.name, f"{spec.projection.value} projection ('image_proj' group)")
@@ -102,9 +114,11 @@ class IPAdapter(nn.Module):
             )
 
     def project(
-        self, clip: torch.Tensor | None = None, face_id: torch.Tensor | None = None, s_scale: float = 1.0
+        self, clip: torch.Tensor | None = None, face_id: torch.Tensor | None = None, s_scale: float = 1.0,
+        device: torch.device | str | None = None,
     ) -> torch.Tensor:
-        """Image tokens for N images.
+        """Image tokens for N images, computed on `device` (default: where the weights are) in its compute dtype
+        (float32 on the CPU); the weights are cast for the call only, so a partially loaded adapter works too.
 
         Args:
             clip: the CLIP output the adapter consumes: (N, P) image_embeds or (N, T, H) hidden states.
@@ -112,29 +126,30 @@ class IPAdapter(nn.Module):
             s_scale: FaceID PlusV2 shortcut scale.
 
         Returns:
-            Tokens. Shape: (N, num_tokens, cross_attention_dim).
+            Tokens in the compute dtype. Shape: (N, num_tokens, cross_attention_dim).
         """
-        spec, p = self.spec, self.image_proj
+        spec = self.spec
+        device = torch.device(device) if device is not None else self.device
+        dtype = compute_dtype(device, self.dtype)
         if spec.clip_output is not None:
             self.check_clip_input(clip, spec.clip_output)
-            clip = clip.to(self.device, self.dtype)
-        if spec.is_faceid:
-            if face_id is None:
-                raise IncompatibleEncodingError(f"'{self.name}' ({spec.kind}) needs a face ID embedding.")
-            face_id = face_id.to(self.device, self.dtype)
+        if spec.is_faceid and face_id is None:
+            raise IncompatibleEncodingError(f"'{self.name}' ({spec.kind}) needs a face ID embedding.")
+        run = partial(run_on, self.image_proj, device, dtype)
         if spec.projection is ProjectionType.FACEID_PLUS:
-            return p(face_id, clip, shortcut=spec.shortcut, s_scale=s_scale)
+            return run(face_id, clip, shortcut=spec.shortcut, s_scale=s_scale)
         if spec.projection is ProjectionType.RESAMPLER and spec.is_faceid:
-            return p(face_id.reshape(face_id.shape[0], -1, spec.face_id_dim))
-        return p(face_id if spec.is_faceid else clip)
+            return run(face_id.reshape(face_id.shape[0], -1, spec.face_id_dim))
+        return run(face_id if spec.is_faceid else clip)
 
-    def project_kv(self, index: int, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def project_kv(self, index: int, tokens: torch.Tensor, wanted: torch.dtype | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
         """Image keys and values of layer `index`: (B, T, C) -> two (B, T, width)."""
-        return self.layers.project_kv(index, tokens)
+        return self.layers.project_kv(index, tokens, wanted)
 
 
 def load_ip_adapter(
-    path: str | os.PathLike, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+    path: str | os.PathLike, dtype: torch.dtype | None = None, device: torch.device | str = "cpu"
 ) -> IPAdapter:
     """Read, validate and build the adapter stored at `path`; every failure is a CheckpointFormatError naming it."""
     return IPAdapter.from_groups(read_checkpoint(path), dtype=dtype, device=device)

@@ -72,7 +72,10 @@ def _subtract(t: torch.Tensor) -> torch.Tensor:
 
 
 def _norm_average(t: torch.Tensor) -> torch.Tensor:
-    # Element-wise norm across the image axis (not a per-vector L2), as users of the peer pack know it.
+    # Element-wise norm across the image axis (not a per-vector L2), as users of the peer pack know it. One image
+    # passes unchanged: normalising it by itself would leave only its signs.
+    if t.shape[0] == 1:
+        return t
     return (t / torch.linalg.vector_norm(t, dim=0, keepdim=True)).mean(dim=0, keepdim=True)
 
 

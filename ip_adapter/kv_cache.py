@@ -1,13 +1,11 @@
-"""Image keys and values per layer: they depend only on the image tokens, so they are computed once per sampling
-run (per device and dtype), not once per step."""
+"""Image keys and values per layer: they depend only on the image tokens, so they are computed once (per device and
+dtype) and reused by every step of every sampling run that uses the same Apply node's output."""
 
 from __future__ import annotations
 
 import torch
 
 from .adapter import IPAdapter
-
-POSITIVE_ROW, NEGATIVE_ROW = 0, 1
 
 
 class ImageKV:
@@ -17,11 +15,14 @@ class ImageKV:
         adapter: the loaded adapter.
         positive: tokens of the conditional rows. Shape: (1, T, C).
         negative: tokens of the unconditional rows. Shape: (1, T, C).
+        tokens_per_image: tokens each reference image contributes (T = images * tokens_per_image); 0 if unknown.
     """
 
-    def __init__(self, adapter: IPAdapter, positive: torch.Tensor, negative: torch.Tensor) -> None:
+    def __init__(self, adapter: IPAdapter, positive: torch.Tensor, negative: torch.Tensor,
+                 tokens_per_image: int = 0) -> None:
         self.adapter = adapter
         self.tokens = torch.cat([positive, negative], dim=0)
+        self.tokens_per_image = tokens_per_image
         self._cache: dict[tuple[int, torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
@@ -33,7 +34,7 @@ class ImageKV:
         key = (index, torch.device(device), dtype)
         if key not in self._cache:
             with torch.no_grad():
-                k, v = self.adapter.project_kv(index, self.tokens)
+                k, v = self.adapter.project_kv(index, self.tokens, dtype)
             self._cache[key] = (k.to(device=device, dtype=dtype), v.to(device=device, dtype=dtype))
         return self._cache[key]
 

@@ -103,3 +103,10 @@ def layer_schedule(weight_type: str, layout: UNetLayout) -> Schedule:
                 f"adapter has a custom layout ({layout.num_layers} layers); choose one of {', '.join(_SCALAR_TYPES)}.")
         return dict(_SELECTIVE[(layout.family, weight_type)])
     raise InvalidOptionError(f"Unknown weight_type '{weight_type}'; choose one of {', '.join(WEIGHT_TYPES)}.")
+
+
+def layer_rules(weight_type: str, layout: UNetLayout) -> dict[int, LayerRule]:
+    """Checkpoint index -> rule, for the layers `weight_type` patches (absent layers are not patched)."""
+    schedule = layer_schedule(weight_type, layout)
+    return {layer.checkpoint_index: schedule[layer.transformer_index]
+            for layer in layout.layers if layer.transformer_index in schedule}

@@ -7,8 +7,10 @@ from __future__ import annotations
 import re
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from .placement import compute_dtype
 from .statedict import StateDict, shape_of
 
 #: FaceID LoRA keys inside the `ip_adapter` group: "<n>.to_{q,k,v,out}_lora.{down,up}.weight".
@@ -31,6 +33,11 @@ def _layer(sd: StateDict, index: int) -> nn.ModuleDict:
     return nn.ModuleDict(modules)
 
 
+def _project(weight: torch.Tensor, tokens: torch.Tensor, wanted: torch.dtype | None) -> torch.Tensor:
+    dtype = compute_dtype(weight.device, weight.dtype, wanted)
+    return F.linear(tokens.to(weight.device, dtype), weight.to(dtype))
+
+
 class LayerWeights(nn.ModuleDict):
     """`{"<index>": ModuleDict(to_k_ip=Linear, to_v_ip=Linear)}`; state-dict keys equal the file's `ip_adapter` keys
     (LoRA keys excluded, see `split_lora`)."""
@@ -45,13 +52,13 @@ class LayerWeights(nn.ModuleDict):
         """Checkpoint indices that carry `to_k_ip`/`to_v_ip` (the cross-attention layers)."""
         return [int(i) for i in self]
 
-    def project_kv(self, index: int, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """tokens: (B, T, C) -> image keys and values (B, T, width) for layer `index`."""
+    def project_kv(self, index: int, tokens: torch.Tensor, wanted: torch.dtype | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens: (B, T, C) -> image keys and values (B, T, width) for layer `index`, each computed where its weight
+        is (a partial low-VRAM load can leave them on different devices), in the compute dtype for that device and
+        the dtype `wanted` by the caller (placement.compute_dtype)."""
         layer = self[str(index)]
-        # Weights may sit on different devices when the host loads the adapter partially (low VRAM).
-        k_proj, v_proj = layer["to_k_ip"], layer["to_v_ip"]
-        k = k_proj(tokens.to(k_proj.weight.device, k_proj.weight.dtype))
-        return k, v_proj(tokens.to(v_proj.weight.device, v_proj.weight.dtype))
+        return tuple(_project(layer[name].weight, tokens, wanted) for name in ("to_k_ip", "to_v_ip"))
 
     def width(self, index: int) -> int:
         """Inner dim of layer `index` (rows of its to_k_ip)."""

@@ -5,12 +5,13 @@ from __future__ import annotations
 import torch
 
 from ..ip_adapter import COMBINE_METHODS, EMBEDS_SCALING, ImageKV, ImagePrompt, IncompatibleEncodingError, combine
-from ..ip_adapter.attention import check_embeds_scaling
-from ..ip_adapter.layout import UNetLayout
-from ..ip_adapter.weight_types import WEIGHT_TYPES, LayerRule, layer_schedule
-from .loaded import LoadedAdapter
+from ..ip_adapter.entry import AdapterEntry, SigmaWindow, check_window
+from ..ip_adapter.masks import as_mask_batch
+from ..ip_adapter.scaling import check_embeds_scaling
+from ..ip_adapter.weight_types import WEIGHT_TYPES, layer_rules
+from .loaded import LoadedAdapter, project
 from .model_checks import check_model
-from .patch import AdapterEntry, IPAdapterAttn2Patch
+from .patch import patch_model
 
 WEIGHT_RANGE = {"default": 1.0, "min": -1.0, "max": 5.0, "step": 0.05}
 PERCENT = {"min": 0.0, "max": 1.0, "step": 0.001}
@@ -25,42 +26,9 @@ def image_tokens(loaded: LoadedAdapter, prompt: ImagePrompt, method: str) -> tup
             "Encode Image Prompt does not produce. Use a non-FaceID adapter with this node.")
     combined = combine(prompt, method)
     which = adapter.spec.clip_output
-    with torch.no_grad():
-        pos, neg = (adapter.project(enc.output(which)) for enc in (combined.positive, combined.negative))
+    pos, neg = (project(loaded, clip=enc.output(which)) for enc in (combined.positive, combined.negative))
     width = adapter.spec.cross_attention_dim
     return pos.reshape(1, -1, width), neg.reshape(1, -1, width)
-
-
-def layer_rules(weight_type: str, layout: UNetLayout) -> dict[int, LayerRule]:
-    """Checkpoint index -> rule, for the layers `weight_type` patches."""
-    schedule = layer_schedule(weight_type, layout)
-    return {layer.checkpoint_index: schedule[layer.transformer_index]
-            for layer in layout.layers if layer.transformer_index in schedule}
-
-
-def as_mask(attn_mask: torch.Tensor | None) -> torch.Tensor | None:
-    """MASK (H, W) or (M, H, W) -> float (M, H, W) on the CPU."""
-    if attn_mask is None:
-        return None
-    mask = attn_mask if attn_mask.dim() == 3 else attn_mask[None]
-    return mask.float().cpu()
-
-
-def patch_model(model, layout: UNetLayout, entry: AdapterEntry):
-    """Clone `model` and register a new patch on every layer `entry` touches (copy-on-write stacking)."""
-    patched = model.clone()
-    replace = patched.model_options["transformer_options"].get("patches_replace", {}).get("attn2", {})
-    for layer in layout.layers:
-        if layer.checkpoint_index not in entry.rules:
-            continue
-        key = layer.patch_key
-        existing = replace.get(key, replace.get(key[:2]))
-        if getattr(existing, "is_ip_adapter_patch", False):
-            new = existing.stacked(entry)
-        else:
-            new = IPAdapterAttn2Patch(layer.checkpoint_index, (entry,), base=existing)
-        patched.set_model_attn2_replace(new, *key)
-    return patched
 
 
 class ApplyIPAdapter:
@@ -103,6 +71,7 @@ class ApplyIPAdapter:
               attn_mask: torch.Tensor | None = None) -> tuple:
         check_model(model, ipadapter.adapter)
         check_embeds_scaling(embeds_scaling)  # fail before sampling, not inside it
+        check_window(start_at, end_at)
         if weight == 0:
             return (model.clone(),)
         positive, negative = image_tokens(ipadapter, image_prompt, combine_images)
@@ -122,9 +91,8 @@ def apply_tokens(model, loaded: LoadedAdapter, positive: torch.Tensor, negative:
         attn_mask: MASK (H, W) or (M, H, W) in the latent's aspect ratio, or None.
     """
     layout = check_model(model, loaded.adapter)
-    check_embeds_scaling(embeds_scaling)
     sampling = model.get_model_object("model_sampling")
-    entry = AdapterEntry(loaded, ImageKV(loaded.adapter, positive, negative), layer_rules(weight_type, layout),
-                         weight, float(sampling.percent_to_sigma(start_at)), float(sampling.percent_to_sigma(end_at)),
-                         embeds_scaling, as_mask(attn_mask))
-    return patch_model(model, layout, entry)
+    kv = ImageKV(loaded.adapter, positive, negative, loaded.adapter.spec.num_tokens)
+    entry = AdapterEntry(loaded.adapter, kv, weight, start_at, end_at, embeds_scaling, as_mask_batch(attn_mask),
+                         SigmaWindow.of(sampling.percent_to_sigma, start_at, end_at), (loaded.patcher,))
+    return patch_model(model, layout, entry, layer_rules(weight_type, layout))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import weakref
 from dataclasses import dataclass
@@ -12,7 +13,8 @@ import torch
 
 from ..ip_adapter import IPAdapter, load_ip_adapter
 
-_COMPUTE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+FINGERPRINT_BLOCKS = 16
+FINGERPRINT_BLOCK_SIZE = 4096
 
 
 class _ManagedWeights(torch.nn.Module):
@@ -42,23 +44,35 @@ class LoadedAdapter:
 _CACHE: weakref.WeakValueDictionary[tuple, LoadedAdapter] = weakref.WeakValueDictionary()
 
 
-def storage_dtype() -> torch.dtype:
-    """The UNet's dtype when it is a compute dtype; fp8 and other storage-only types fall back to fp16/fp32."""
-    dtype = mm.unet_dtype()
-    if dtype in _COMPUTE_DTYPES:
-        return dtype
-    return torch.float16 if mm.should_use_fp16() else torch.float32
+def project(loaded: LoadedAdapter, **inputs: torch.Tensor | float | None) -> torch.Tensor:
+    """`IPAdapter.project` where the host loads the adapter (its load device, in that device's compute dtype)."""
+    mm.load_models_gpu([loaded.patcher])
+    with torch.no_grad():
+        return loaded.adapter.project(device=loaded.patcher.load_device, **inputs)
+
+
+def file_identity(path: str) -> tuple:
+    """What tells two versions of a file apart without reading it all: path, inode, size, modification and change
+    times (a replaced file gets a new change time even when its size and modification time are restored), and a
+    digest of FINGERPRINT_BLOCKS small blocks spread over the file (for file systems with coarse timestamps)."""
+    stat = os.stat(path)
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for i in range(FINGERPRINT_BLOCKS):
+            f.seek(stat.st_size * i // FINGERPRINT_BLOCKS)
+            digest.update(f.read(FINGERPRINT_BLOCK_SIZE))
+    return (os.path.realpath(path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns,
+            digest.hexdigest())
 
 
 def load_adapter(path: str) -> LoadedAdapter:
-    """Load `path` once per process (keyed by path, size and modification time) and wrap it for the host."""
-    stat = os.stat(path)
-    key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+    """Load `path` once per version of the file (`file_identity`) and wrap it for the host."""
+    key = file_identity(path)
     cached = _CACHE.get(key)
     if cached is not None:
         return cached
     offload = mm.unet_offload_device()
-    adapter = load_ip_adapter(path, dtype=storage_dtype(), device=offload)
+    adapter = load_ip_adapter(path, device=offload)  # the file's dtype: loading costs what reading costs
     patcher = comfy.model_patcher.ModelPatcher(
         _ManagedWeights(adapter), load_device=mm.get_torch_device(), offload_device=offload
     )

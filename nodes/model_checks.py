@@ -10,6 +10,8 @@ from ..ip_adapter.layout import LAYOUTS, UNetLayout
 from ..ip_adapter.model_layout import BlockTransformer, layout_from_blocks
 
 FAMILY_BY_CONTEXT = {layout.cross_attention_dim: family for family, layout in LAYOUTS.items()}
+#: UNet families with cross-attention that no IP-Adapter file here fits, by context width.
+OTHER_FAMILIES = {1024: "SD2.x"}
 
 
 def _transformers(block) -> list[SpatialTransformer]:
@@ -53,7 +55,7 @@ def _custom_layout(unet: UNetModel, adapter: IPAdapter) -> UNetLayout:
 
 def _family_name(context_dim: int) -> str:
     family = FAMILY_BY_CONTEXT.get(context_dim)
-    return family.value if family else f"a model with context width {context_dim}"
+    return family.value if family else OTHER_FAMILIES.get(context_dim, "an unknown UNet family")
 
 
 def check_model(model, adapter: IPAdapter) -> UNetLayout:
@@ -67,10 +69,12 @@ def check_model(model, adapter: IPAdapter) -> UNetLayout:
     context = model.model.model_config.unet_config.get("context_dim")
     if context != spec.cross_attention_dim:
         model_family = _family_name(context)
+        fix = (f"load an adapter made for {model_family} models, or use an {spec.family.value} checkpoint"
+               if context in FAMILY_BY_CONTEXT else f"use an {spec.family.value} checkpoint (IP-Adapter has no "
+               f"official adapters for {model_family} models)")
         raise IncompatibleModelError(
             f"'{name}' is an {spec.family.value} adapter (cross-attention dim {spec.cross_attention_dim}) but the "
-            f"model is {model_family} ({context}); load an adapter made for {model_family} models, or use an "
-            f"{spec.family.value} checkpoint.")
+            f"model is {model_family} (cross-attention dim {context}); {fix}.")
     layout = _custom_layout(unet, adapter) if spec.custom_layout else LAYOUTS[spec.family]
     widths = attn2_widths(unet)
     for layer in layout.layers:

@@ -1,6 +1,6 @@
 """The diffusers side of the parity tests: tiny UNets with the real SD1.5 / SDXL topologies, diffusers' own IP-Adapter
-conversion and processors as the reference, and a test processor that runs the core's decoupled attention inside the
-same UNet.
+conversion and processors as the reference, and a test processor that runs the pack's shipped attn2 patch (the
+object the host calls) inside the same UNet.
 
 Only the widths are tiny. The block types, layers per block and transformer depths are the real ones, so the
 attention-processor order (and with it the checkpoint index of every layer) is the real one too.
@@ -18,7 +18,6 @@ from diffusers.image_processor import IPAdapterMaskProcessor
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0, IPAdapterAttnProcessor2_0
 from PIL import Image
 
-from ip_adapter.attention import ImageTerm, decoupled_attention
 from ip_adapter.layout import AttnLayer, UNetLayout
 from tests.factories import Shapes, random_groups
 
@@ -52,8 +51,10 @@ SDXL_CONFIG: dict[str, Any] = dict(
 SD15_WIDTH_FACTOR = 10
 SDXL_WIDTH_FACTOR = 20
 
-#: (layer, projected queries (B, Nq, width)) -> the image terms of that layer for this batch.
-TermsFn = Callable[[AttnLayer, torch.Tensor], list[ImageTerm]]
+#: The host's attn2 replace signature: (q, k, v, extra_options) -> output in pre-`to_out` space.
+Attn2Fn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, dict], torch.Tensor]
+#: layer -> the patch the host would call there.
+PatchFor = Callable[[AttnLayer], Attn2Fn]
 
 
 def tiny_unet(config: dict[str, Any], seed: int = 0) -> UNet2DConditionModel:
@@ -107,11 +108,13 @@ def _check_plain_cross_attention(attn: Attention) -> None:
         raise NotImplementedError("TermProcessor handles plain cross-attention layers only")
 
 
-class TermProcessor:
-    """attn2 processor: q/k/v from the layer's own projections, the core's `decoupled_attention`, then `to_out`."""
+class PatchProcessor:
+    """attn2 processor: q/k/v from the layer's own projections, the patch the host would call, then `to_out`.
 
-    def __init__(self, layer: AttnLayer, terms_for: TermsFn) -> None:
-        self.layer, self.terms_for = layer, terms_for
+    `extra` plays the host's extra_options (cond_or_uncond, original_shape, ...); `n_heads` is the layer's."""
+
+    def __init__(self, patch: Attn2Fn, extra: dict) -> None:
+        self.patch, self.extra = patch, extra
 
     def __call__(
         self,
@@ -123,19 +126,19 @@ class TermProcessor:
     ) -> torch.Tensor:
         _check_plain_cross_attention(attn)
         if encoder_hidden_states is None or attention_mask is not None:
-            raise NotImplementedError("TermProcessor expects unmasked cross-attention")
+            raise NotImplementedError("PatchProcessor expects unmasked cross-attention")
         q = attn.to_q(hidden_states)
         k, v = attn.to_k(encoder_hidden_states), attn.to_v(encoder_hidden_states)
-        out = decoupled_attention(q, k, v, attn.heads, self.terms_for(self.layer, q))
+        out = self.patch(q, k, v, {**self.extra, "n_heads": attn.heads})
         return attn.to_out[1](attn.to_out[0](out))
 
 
-def install_term_processors(unet: UNet2DConditionModel, layout: UNetLayout, terms_for: TermsFn) -> None:
-    """Run `TermProcessor` on every attn2 layer of `unet` (matched to `layout` by diffusers name), replacing all
+def install_patches(unet: UNet2DConditionModel, layout: UNetLayout, patch_for: PatchFor, extra: dict) -> None:
+    """Run `patch_for(layer)` on every attn2 layer of `unet` (matched to `layout` by diffusers name), replacing all
     processors; attn1 layers get diffusers' plain SDPA processor."""
     layers = {layer.diffusers_name: layer for layer in layout.layers}
     processors = {
-        name: TermProcessor(layers[name], terms_for) if name.endswith(ATTN2_SUFFIX) else AttnProcessor2_0()
+        name: PatchProcessor(patch_for(layers[name]), extra) if name.endswith(ATTN2_SUFFIX) else AttnProcessor2_0()
         for name in unet.attn_processors
     }
     unet.set_attn_processor(processors)
@@ -143,7 +146,7 @@ def install_term_processors(unet: UNet2DConditionModel, layout: UNetLayout, term
 
 @dataclass(frozen=True)
 class UNetTrio:
-    """Three copies of one tiny UNet: untouched, diffusers' IP-Adapter reference, and ours (`TermProcessor`s).
+    """Three copies of one tiny UNet: untouched, diffusers' IP-Adapter reference, and ours (`PatchProcessor`s).
 
     Tests reload adapters into `reference` and reinstall processors on `ours` before each use; both replace
     everything set before, so nothing carries over from one test to the next.
@@ -180,13 +183,15 @@ def run_unet(unet: UNet2DConditionModel, inputs: UNetInputs, **kwargs: Any) -> t
         return unet(inputs.sample, inputs.timestep, encoder_hidden_states=inputs.text, **kwargs).sample
 
 
+def left_half_latent_mask(size: int = LATENT_SIZE) -> torch.Tensor:
+    """The same left half as MASK input in latent geometry. Shape: (1, size, size)."""
+    mask = torch.zeros(1, size, size)
+    mask[..., : size // 2] = 1.0
+    return mask
+
+
 def left_half_mask(size: int = LATENT_SIZE * VAE_SCALE) -> torch.Tensor:
     """A white left half, preprocessed as diffusers' pipelines expect it. Shape: (1, 1, size, size), values 0/1."""
     image = Image.new("L", (size, size), 0)
     image.paste(255, (0, 0, size // 2, size))
     return IPAdapterMaskProcessor().preprocess(image, height=size, width=size)
-
-
-def downsample_mask(mask: torch.Tensor, batch: int, num_queries: int) -> torch.Tensor:
-    """diffusers' per-layer mask for the first image of `mask` (1, n, H, W). Shape: (batch, num_queries, 1)."""
-    return IPAdapterMaskProcessor.downsample(mask[:, 0], batch, num_queries, 1)

@@ -138,17 +138,30 @@ OFFICIAL = [
 ]
 
 
+#: Std of 1-D tensors (biases; LayerNorm weights get 1 + this noise).
+VECTOR_STD = 0.1
+
+
+def _is_norm_weight(key: str, shape: tuple[int, ...]) -> bool:
+    return len(shape) == 1 and key.endswith("weight") and ("norm" in key or key.split(".")[-2] in ("3", "0"))
+
+
 def materialize(shapes: Shapes, device: str = "meta", dtype: torch.dtype = torch.float32,
-                generator: torch.Generator | None = None, scale: float = 0.2) -> dict[str, torch.Tensor]:
-    """Tensors of the given shapes: meta (no memory), or random normal * scale (LayerNorm weights near 1)."""
+                generator: torch.Generator | None = None, scale: float | None = None) -> dict[str, torch.Tensor]:
+    """Tensors of the given shapes: meta (no memory), or random normal.
+
+    Matrices (and the Resampler's latents) are fan-in scaled, std 1/sqrt(last dim), as trained weights roughly are:
+    activations keep unit scale through every layer, attention logits stay moderate and softmaxes far from one-hot,
+    so float32 rounding (which differs between CPUs' BLAS kernels) stays far below the tests' tolerances. Vectors
+    get std VECTOR_STD (LayerNorm weights around 1). `scale` replaces every std when given.
+    """
     if device == "meta":
         return {k: torch.empty(s, device="meta", dtype=dtype) for k, s in shapes.items()}
     out = {}
     for key, shape in shapes.items():
-        t = torch.randn(shape, generator=generator, dtype=torch.float32) * scale
-        if len(shape) == 1 and ("norm" in key or key.split(".")[-2] in ("3", "0")) and key.endswith("weight"):
-            t = t + 1.0
-        out[key] = t.to(dtype)
+        std = scale if scale is not None else (VECTOR_STD if len(shape) == 1 else shape[-1] ** -0.5)
+        t = torch.randn(shape, generator=generator, dtype=torch.float32) * std
+        out[key] = (t + 1.0 if _is_norm_weight(key, shape) else t).to(dtype)
     return out
 
 
@@ -160,11 +173,8 @@ def flat(groups: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
 def random_groups(image_proj: Shapes, widths: Sequence[int], cross: int, seed: int = 0,
                   extra: Callable[[], Shapes] | None = None,
                   layer_scale: float | None = None) -> dict[str, dict[str, torch.Tensor]]:
-    """A small random adapter: `image_proj` from the given shapes, one to_k_ip/to_v_ip per width.
-
-    `layer_scale` (default: the projections' 0.2) sets the std of to_k_ip/to_v_ip; wide contexts need about
-    1/sqrt(cross) to keep attention logits in a realistic, well-conditioned range.
-    """
+    """A small random adapter: `image_proj` from the given shapes, one to_k_ip/to_v_ip per width, fan-in scaled
+    (`materialize`); `layer_scale` overrides the std of to_k_ip/to_v_ip."""
     g = torch.Generator().manual_seed(seed)
     ad_shapes = layer_shapes(widths, cross)
     if extra is not None:

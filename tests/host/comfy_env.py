@@ -162,7 +162,7 @@ def _redirect_folders(folder_paths: ModuleType, models_dir: Path, scratch: Path)
     folder_paths.filename_list_cache.clear()
 
 
-def start_host(location: ComfyLocation, scratch: Path) -> HostInfo:
+def start_host(location: ComfyLocation, scratch: Path, cpu: bool = True) -> HostInfo:
     """Import ComfyUI in this process on CPU and load its built-in extra nodes, as main.py does before custom nodes.
 
     Steps (main.py order): ComfyUI first on sys.path; `args.cpu = True` before `comfy.model_management`; `folder_paths`
@@ -181,10 +181,10 @@ def start_host(location: ComfyLocation, scratch: Path) -> HostInfo:
 
     import comfy.cli_args  # argument parsing stays off (comfy.options): args come from an empty argv
 
-    if "comfy.model_management" in sys.modules and not comfy.cli_args.args.cpu:
+    if "comfy.model_management" in sys.modules and comfy.cli_args.args.cpu != cpu:
         raise RuntimeError("comfy.model_management was imported before the host harness set args.cpu; import "
                            "ComfyUI only through the host fixtures")
-    comfy.cli_args.args.cpu = True
+    comfy.cli_args.args.cpu = cpu  # tests always run on the CPU; benchmarks may use a GPU
     import folder_paths
     import utils.extra_config  # noqa: F401  (binds `utils` to ComfyUI's package before nodes.py shadows it)
 

@@ -66,6 +66,20 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         _STATE["ran"][report.outcome] = _STATE["ran"].get(report.outcome, 0) + 1
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Release host models while ComfyUI's modules are still intact (at interpreter exit, ModelPatcher.__del__ would
+    otherwise run after the host's module globals are gone and print tracebacks)."""
+    if _STATE["host"] is None:
+        return
+    import gc
+
+    import comfy.model_management
+
+    _STATE["tiny"].clear()
+    comfy.model_management.unload_all_models()
+    gc.collect()
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     ran = _STATE["ran"]
     if ran:

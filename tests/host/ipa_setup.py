@@ -39,7 +39,7 @@ def adapter_groups(kind: str, unet: TinyUNet, clip: TinyClipVision, seed: int = 
     widths = attn2_widths(unet.diffusers)
     assert len(widths) == LAYOUTS[FAMILY[unet.kind]].num_layers
     cross = unet.context_dim
-    return random_groups(image_proj_for(kind, cross, clip), widths, cross, seed=seed, layer_scale=cross**-0.5)
+    return random_groups(image_proj_for(kind, cross, clip), widths, cross, seed=seed)
 
 
 def write_adapter(host_models: Any, groups: dict, filename: str) -> str:

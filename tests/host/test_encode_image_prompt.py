@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from tests.host.ipa_setup import reference_images
-
-TOLERANCE = 1e-5
+from tests.numerics import assert_relative_close
 
 
 def _encode(host_pack, clip, images, crop="center", negative=None):
@@ -33,11 +32,11 @@ def test_positive_equals_transformers_and_negative_is_the_reference_convention(h
     images = reference_images(3)
     prompt = _encode(host_pack, tiny_clip_vision, images)
     embeds, hidden = _twin(tiny_clip_vision, _pixels(images))
-    assert (prompt.positive.image_embeds - embeds).abs().max() <= TOLERANCE
-    assert (prompt.positive.hidden_states - hidden).abs().max() <= TOLERANCE
+    assert_relative_close(prompt.positive.image_embeds, embeds)
+    assert_relative_close(prompt.positive.hidden_states, hidden)
     assert torch.equal(prompt.negative.image_embeds, torch.zeros_like(embeds[:1]))
     _, zero_hidden = _twin(tiny_clip_vision, torch.zeros_like(_pixels(images[:1])))
-    assert (prompt.negative.hidden_states - zero_hidden).abs().max() <= TOLERANCE
+    assert_relative_close(prompt.negative.hidden_states, zero_hidden)
     _, black_hidden = _twin(tiny_clip_vision, _pixels(torch.zeros_like(images[:1])))
     assert (prompt.negative.hidden_states - black_hidden).abs().max() > 1e-3  # not the peer's black image
 
@@ -46,15 +45,15 @@ def test_negative_image_replaces_the_default(host_pack, tiny_clip_vision):
     images, negative = reference_images(1), reference_images(1, seed=9)
     prompt = _encode(host_pack, tiny_clip_vision, images, negative=negative)
     embeds, hidden = _twin(tiny_clip_vision, _pixels(negative))
-    assert (prompt.negative.image_embeds - embeds).abs().max() <= TOLERANCE
-    assert (prompt.negative.hidden_states - hidden).abs().max() <= TOLERANCE
+    assert_relative_close(prompt.negative.image_embeds, embeds)
+    assert_relative_close(prompt.negative.hidden_states, hidden)
 
 
 def test_crop_none_stretches_instead_of_cropping(host_pack, tiny_clip_vision):
     wide = torch.rand(1, 40, 90, 3, generator=torch.Generator().manual_seed(4))
     center = _encode(host_pack, tiny_clip_vision, wide, "center").positive.image_embeds
     stretch = _encode(host_pack, tiny_clip_vision, wide, "none").positive.image_embeds
-    assert (stretch - _twin(tiny_clip_vision, _pixels(wide, crop=False))[0]).abs().max() <= TOLERANCE
+    assert_relative_close(stretch, _twin(tiny_clip_vision, _pixels(wide, crop=False))[0])
     assert (center - stretch).abs().max() > 1e-3
 
 
@@ -69,7 +68,7 @@ def test_large_batches_are_chunked_with_progress_and_match_one_pass(host_pack, t
     images = reference_images(5)
     chunked = _encode(host_pack, tiny_clip_vision, images)
     embeds, _ = _twin(tiny_clip_vision, _pixels(images))
-    assert (chunked.positive.image_embeds - embeds).abs().max() <= TOLERANCE
+    assert_relative_close(chunked.positive.image_embeds, embeds)
     assert updates[-1] == (3, 3)
 
 

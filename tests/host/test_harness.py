@@ -12,9 +12,8 @@ import torch
 from tests.host import comfy_env, graph
 from tests.host.predict import Attn2Recorder, host_eps, random_text_cond, twin_eps
 from tests.host.tiny_models import SD15, SDXL
+from tests.numerics import assert_relative_close
 
-PARITY_ATOL = 1e-4
-CLIP_ATOL = 1e-5
 SIGMA = 2.5
 
 SD15_KEYS = ([("input", n, 0) for n in (1, 2, 4, 5, 7, 8)] + [("middle", 0, 0)]
@@ -163,7 +162,7 @@ def test_host_matches_diffusers(kind: str, with_uncond: bool, comfy_host, reques
     assert len(host) == len(twins)
     for ours, theirs in zip(host, twins):
         assert ours.abs().max() > 0.1
-        torch.testing.assert_close(ours, theirs, atol=PARITY_ATOL, rtol=0)
+        assert_relative_close(ours, theirs)
 
 
 # CLIP vision.
@@ -179,9 +178,9 @@ def test_tiny_clip_vision_matches_transformers(tiny_clip_vision) -> None:
     hidden = tiny_clip_vision.config["hidden_size"]
     assert out.penultimate_hidden_states.shape == (2, 257, hidden)
     assert out.image_embeds.shape == (2, tiny_clip_vision.config["projection_dim"])
-    torch.testing.assert_close(out.image_embeds, ref.image_embeds, atol=CLIP_ATOL, rtol=0)
-    torch.testing.assert_close(out.penultimate_hidden_states, ref.hidden_states[-2], atol=CLIP_ATOL, rtol=0)
-    torch.testing.assert_close(out.last_hidden_state, ref.last_hidden_state, atol=CLIP_ATOL, rtol=0)
+    assert_relative_close(out.image_embeds, ref.image_embeds)
+    assert_relative_close(out.penultimate_hidden_states, ref.hidden_states[-2])
+    assert_relative_close(out.last_hidden_state, ref.last_hidden_state)
 
 
 # Graphs through the host executor.

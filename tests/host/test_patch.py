@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from tests.host.ipa_setup import PackNodes, adapter_groups, apply, reference_images, write_adapter
+from tests.numerics import assert_relative_close
 
 HEADS, TOKENS, QUERIES = 8, 77, 64
-TOLERANCE = 1e-5
 LOW_PRECISION = {torch.float16: 2e-2, torch.bfloat16: 5e-2}
 
 
@@ -22,6 +22,7 @@ def patched(host_pack, tiny_sd15, tiny_clip_vision, host_models):
         prompt = nodes.encode.encode(tiny_clip_vision.host, reference_images(1), "center")[0]
     model = apply(nodes, tiny_sd15.patcher, adapter, prompt, 0.7)
     key = ("input", 1, 0)
+    nodes.loaded = adapter
     return model, model.model_options["transformer_options"]["patches_replace"]["attn2"][key], nodes
 
 
@@ -54,7 +55,7 @@ def test_rows_follow_cond_or_uncond(patched, chunks):
     assert (positive - negative).abs().max() > 1e-2
     for row, chunk in enumerate(chunks):
         expected = negative if chunk == 1 else positive
-        assert (term[row] - expected[0]).abs().max() <= TOLERANCE
+        assert_relative_close(term[row], expected[0])
 
 
 def test_host_attention_gets_precision_and_transformer_options(patched, monkeypatch):
@@ -88,7 +89,7 @@ def test_low_precision_queries_are_served_in_their_dtype(patched, dtype):
 
 def test_storage_dtype_hooks_never_cast_the_adapter(patched):
     _, patch, _ = patched
-    adapter = patch.entries[0].loaded.adapter
+    adapter = patch.entries[0].adapter
     for dtype in (torch.float16, torch.bfloat16, torch.float8_e4m3fn):
         assert patch.to(dtype) is patch
     assert patch.to(torch.device("cpu")) is patch
@@ -105,16 +106,16 @@ def test_a_foreign_patch_is_kept_as_the_base_attention(host_pack, patched, tiny_
 
     other = tiny_sd15.patcher.clone()
     other.set_model_attn2_replace(foreign, "input", 1)  # another pack, 2-tuple key
-    adapter = model.model_options["transformer_options"]["patches_replace"]["attn2"][("input", 1, 0)].entries[0]
     with torch.inference_mode():
         prompt = nodes.encode.encode(tiny_clip_vision.host, reference_images(1), "center")[0]
-    both = apply(nodes, other, adapter.loaded, prompt, 0.7)
+    both = apply(nodes, other, nodes.loaded, prompt, 0.7)
     patch = both.model_options["transformer_options"]["patches_replace"]["attn2"][("input", 1, 0)]
     assert patch.base is foreign
     q = _qkv(1)[0]
     with torch.inference_mode():
         out = patch(q, torch.zeros(1, TOKENS, 320), torch.zeros(1, TOKENS, 320), _extra([0]))
-    assert seen and (out - _image_term(patched[1], q, _extra([0]))).abs().max() <= TOLERANCE
+    assert seen
+    assert_relative_close(out, _image_term(patched[1], q, _extra([0])))
 
 
 def test_attn1_patches_of_other_packs_coexist(patched, tiny_sd15):
@@ -140,8 +141,7 @@ def test_attn1_patches_of_other_packs_coexist(patched, tiny_sd15):
 def test_window_follows_the_sigma_of_each_step(host_pack, tiny_sd15, tiny_clip_vision, patched):
     model, full_patch, nodes = patched
     sampling = tiny_sd15.patcher.get_model_object("model_sampling")
-    entry = full_patch.entries[0]
-    late = apply(nodes, tiny_sd15.patcher, entry.loaded, _prompt_of(nodes, tiny_clip_vision), 0.7, start_at=0.5)
+    late = apply(nodes, tiny_sd15.patcher, nodes.loaded, _prompt_of(nodes, tiny_clip_vision), 0.7, start_at=0.5)
     patch = late.model_options["transformer_options"]["patches_replace"]["attn2"][("input", 1, 0)]
     q = _qkv(1)[0]
     early_sigma, late_sigma = float(sampling.percent_to_sigma(0.2)), float(sampling.percent_to_sigma(0.8))

@@ -1,5 +1,5 @@
-"""Decoupled cross-attention against a naive per-head reference; cond/uncond row selection; embeds scaling; masks
-resized per layer; image K/V computed once per layer."""
+"""Decoupled cross-attention against a naive per-head reference (float64): weights, several terms, masks, the
+attention function parameter and a foreign text attention."""
 
 from __future__ import annotations
 
@@ -8,21 +8,7 @@ import math
 import pytest
 import torch
 
-from ip_adapter import ImageKV, IPAdapter
-from ip_adapter.attention import (
-    EMBEDS_SCALING,
-    ImageTerm,
-    decoupled_attention,
-    mask_for_queries,
-    rows_for_chunks,
-    scale_embeds,
-    sdpa_attention,
-)
-from ip_adapter.checkpoint import CheckpointGroups
-from ip_adapter.errors import InvalidOptionError
-from ip_adapter.layout import SD15_LAYOUT as _SD15
-from ip_adapter.weight_types import layer_schedule
-from tests.factories import image_proj_shapes, random_groups
+from ip_adapter.attention import ImageTerm, decoupled_attention, sdpa_attention
 
 BATCH, QUERIES, TEXT_TOKENS, IMAGE_TOKENS = 2, 6, 5, 4
 HEADS, HEAD_DIM = 3, 4
@@ -149,216 +135,12 @@ ROWS_PER_CHUNK = 2
 POS, NEG = "p", "n"
 
 
-@pytest.mark.parametrize(
-    ("chunks", "expected"),
-    [([1, 0], "nnpp"), ([0], "pp"), ([1], "nn"), ([1, 0, 0], "nnpppp")],
-)
-def test_rows_for_chunks_selects_negative_for_uncond_chunks(chunks: list[int], expected: str) -> None:
-    positive, negative = _rand(1, IMAGE_TOKENS, INNER, seed=1), _rand(1, IMAGE_TOKENS, INNER, seed=2)
-    rows = rows_for_chunks(positive, negative, chunks, ROWS_PER_CHUNK)
-    assert rows.shape == (len(expected), IMAGE_TOKENS, INNER)
-    for row, which in zip(rows, expected):
-        assert torch.equal(row, (positive if which == POS else negative)[0])
+def test_text_attention_parameter_replaces_only_the_text_part() -> None:
+    q, k, v = _qkv()
+    term = ImageTerm(*_image_kv(10), weight=0.5)
 
+    def zero_text(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+        return torch.zeros_like(q)
 
-# --- embeds scaling -------------------------------------------------------------------------------------------------
-
-WEIGHT = 0.8
-#: Layer width -> its C-penalty factor (peer.md §4.1).
-PENALTY = {320: 0.25, 640: 0.5, 1280: 1.0}
-
-
-def _layer_kv(width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return _rand(BATCH, IMAGE_TOKENS, width, seed=width), _rand(BATCH, IMAGE_TOKENS, width, seed=width + 1)
-
-
-def test_v_only_keeps_k_v_and_the_weight() -> None:
-    k, v = _layer_kv(320)
-    k2, v2, w = scale_embeds(k, v, WEIGHT, "V only")
-    assert torch.equal(k2, k) and torch.equal(v2, v) and w == WEIGHT
-
-
-@pytest.mark.parametrize("width", sorted(PENALTY))
-def test_k_plus_v_scales_both_without_penalty(width: int) -> None:
-    k, v = _layer_kv(width)
-    k2, v2, w = scale_embeds(k, v, WEIGHT, "K+V")
-    assert torch.allclose(k2, WEIGHT * k) and torch.allclose(v2, WEIGHT * v) and w == 1.0
-
-
-@pytest.mark.parametrize("width", sorted(PENALTY))
-def test_k_plus_v_with_c_penalty(width: int) -> None:
-    k, v = _layer_kv(width)
-    scaled = WEIGHT * PENALTY[width]
-    assert scaled == pytest.approx(WEIGHT * k.shape[-1] / PENALTY_REFERENCE_WIDTH)
-    k2, v2, w = scale_embeds(k, v, WEIGHT, "K+V w/ C penalty")
-    assert torch.allclose(k2, scaled * k) and torch.allclose(v2, scaled * v) and w == 1.0
-
-
-@pytest.mark.parametrize("width", sorted(PENALTY))
-def test_k_plus_mean_v_with_c_penalty(width: int) -> None:
-    k, v = _layer_kv(width)
-    scaled = WEIGHT * PENALTY[width]
-    mean = v.mean(dim=1, keepdim=True)
-    k2, v2, w = scale_embeds(k, v, WEIGHT, "K+mean(V) w/ C penalty")
-    assert torch.allclose(k2, scaled * k)
-    assert torch.allclose(v2, v - mean + scaled * mean, atol=TIGHT_TOLERANCE)
-    assert torch.allclose(v2.mean(dim=1, keepdim=True), scaled * mean, atol=TIGHT_TOLERANCE)
-    assert w == 1.0
-
-
-def test_every_scaling_mode_is_covered_and_unknown_modes_raise() -> None:
-    assert EMBEDS_SCALING == ("V only", "K+V", "K+V w/ C penalty", "K+mean(V) w/ C penalty")
-    k, v = _layer_kv(320)
-    with pytest.raises(ValueError, match="K only"):
-        scale_embeds(k, v, WEIGHT, "K only")
-
-
-# --- masks ----------------------------------------------------------------------------------------------------------
-
-#: ComfyUI's UNet halves the latent grid at each level; SD1.5 attends at 1, 1/2, 1/4 and 1/8 of the latent.
-DOWNSAMPLE_FACTORS = (1, 2, 4, 8)
-
-
-def _left_half(height: int, width: int) -> torch.Tensor:
-    mask = torch.zeros(1, height, width)
-    mask[..., : width // 2] = 1.0
-    return mask
-
-
-def _expected_left_half(grid_h: int, grid_w: int) -> torch.Tensor:
-    return _left_half(grid_h, grid_w).reshape(1, grid_h * grid_w, 1)
-
-
-@pytest.mark.parametrize("latent_hw", [(64, 64), (64, 96), (96, 64), (128, 80)], ids=str)
-@pytest.mark.parametrize("factor", DOWNSAMPLE_FACTORS)
-def test_left_half_mask_is_exact_on_block_aligned_grids(latent_hw: tuple[int, int], factor: int) -> None:
-    grid = (latent_hw[0] // factor, latent_hw[1] // factor)
-    resized = mask_for_queries(_left_half(*latent_hw), grid[0] * grid[1], latent_hw)
-    assert torch.equal(resized, _expected_left_half(*grid))
-
-
-def test_several_masks_keep_their_order() -> None:
-    latent_hw, factor = (64, 96), 2
-    left = _left_half(*latent_hw)
-    masks = torch.cat([left, 1.0 - left])
-    grid = (latent_hw[0] // factor, latent_hw[1] // factor)
-    resized = mask_for_queries(masks, grid[0] * grid[1], latent_hw)
-    expected = _expected_left_half(*grid)
-    assert resized.shape == (2, grid[0] * grid[1], 1)
-    assert torch.equal(resized[0], expected[0]) and torch.equal(resized[1], 1.0 - expected[0])
-
-
-GREY = 0.5
-
-
-def test_continuous_values_survive() -> None:
-    latent_hw, grid = (32, 32), (16, 16)
-    grey = torch.full((1, *latent_hw), GREY)
-    resized = mask_for_queries(grey, grid[0] * grid[1], latent_hw)
-    assert torch.equal(resized, torch.full((1, grid[0] * grid[1], 1), GREY))
-
-
-# 61 queries on an 8x8 latent: the grid recovered is 8 x 7 = 56 cells, so 5 zeros pad it, 2 before and 3 after.
-PAD_LATENT, PAD_QUERIES, PAD_GRID, PAD_BEFORE, PAD_AFTER = (8, 8), 61, (8, 7), 2, 3
-
-
-def test_grid_that_does_not_tile_is_zero_padded_at_both_ends() -> None:
-    resized = mask_for_queries(torch.ones(1, *PAD_LATENT), PAD_QUERIES, PAD_LATENT)
-    cells = PAD_GRID[0] * PAD_GRID[1]
-    expected = torch.cat([torch.zeros(PAD_BEFORE), torch.ones(cells), torch.zeros(PAD_AFTER)]).reshape(1, -1, 1)
-    assert torch.equal(resized, expected)
-
-
-# Odd latents (e.g. 520x512 px -> 65x64): each UNet level halves with ceil, so one level down a 65x64 latent is
-# attended as 33 x 32 queries. The sqrt estimate alone would give 32 x 33 and shear the mask.
-ODD_LATENTS = ((65, 64), (63, 64), (97, 128))
-
-
-@pytest.mark.parametrize("latent_hw", ODD_LATENTS, ids=str)
-@pytest.mark.parametrize("factor", DOWNSAMPLE_FACTORS)
-def test_odd_latents_recover_the_true_grid(latent_hw: tuple[int, int], factor: int) -> None:
-    grid = (math.ceil(latent_hw[0] / factor), latent_hw[1] // factor)
-    resized = mask_for_queries(_left_half(*latent_hw), grid[0] * grid[1], latent_hw)
-    assert resized.shape == (1, grid[0] * grid[1], 1)
-    assert _max_diff(resized, _expected_left_half(*grid)) <= TIGHT_TOLERANCE
-
-
-# --- image K/V cache ------------------------------------------------------------------------------------------------
-
-CROSS, EMBED, KV_TOKENS, LAYER_WIDTH = 8, 6, 4, 12
-SD15_LAYERS = 16
-
-
-def _small_adapter() -> IPAdapter:
-    groups = random_groups(image_proj_shapes(CROSS, EMBED, KV_TOKENS), [LAYER_WIDTH] * SD15_LAYERS, CROSS)
-    return IPAdapter.from_groups(CheckpointGroups("small.safetensors", groups["image_proj"], groups["ip_adapter"]))
-
-
-def _count_calls(module: torch.nn.Module) -> list[int]:
-    calls: list[int] = []
-    inner = module.forward
-
-    def counted(x: torch.Tensor) -> torch.Tensor:
-        calls.append(1)
-        return inner(x)
-
-    module.forward = counted
-    return calls
-
-
-@pytest.fixture
-def kv_setup() -> tuple[IPAdapter, ImageKV, torch.Tensor, torch.Tensor]:
-    adapter = _small_adapter()
-    positive, negative = _rand(1, KV_TOKENS, CROSS, seed=1), _rand(1, KV_TOKENS, CROSS, seed=2)
-    return adapter, ImageKV(adapter, positive, negative), positive, negative
-
-
-def test_image_kv_rows_are_positive_then_negative(kv_setup: tuple) -> None:
-    adapter, kv, positive, negative = kv_setup
-    k, v = kv.get(3, torch.device("cpu"), torch.float32)
-    layer = adapter.layers["3"]
-    for row, tokens in ((0, positive), (1, negative)):
-        assert torch.allclose(k[row], tokens[0] @ layer["to_k_ip"].weight.T)
-        assert torch.allclose(v[row], tokens[0] @ layer["to_v_ip"].weight.T)
-
-
-def test_image_kv_computes_each_layer_once(kv_setup: tuple) -> None:
-    adapter, kv, _, _ = kv_setup
-    k_calls, v_calls = _count_calls(adapter.layers["1"]["to_k_ip"]), _count_calls(adapter.layers["1"]["to_v_ip"])
-    other = _count_calls(adapter.layers["5"]["to_k_ip"])
-    first = kv.get(1, torch.device("cpu"), torch.float32)
-    for _ in range(3):
-        again = kv.get(1, "cpu", torch.float32)
-        assert again[0] is first[0] and again[1] is first[1]
-    assert (len(k_calls), len(v_calls), len(other)) == (1, 1, 0)
-    kv.get(5, "cpu", torch.float32)
-    assert (len(k_calls), len(other)) == (1, 1)
-
-
-def test_image_kv_clear_forces_recomputation(kv_setup: tuple) -> None:
-    adapter, kv, _, _ = kv_setup
-    calls = _count_calls(adapter.layers["1"]["to_k_ip"])
-    kv.get(1, "cpu", torch.float32)
-    kv.clear()
-    kv.get(1, "cpu", torch.float32)
-    kv.get(1, "cpu", torch.float32)
-    assert len(calls) == 2
-
-
-def test_image_kv_keeps_one_entry_per_dtype(kv_setup: tuple) -> None:
-    adapter, kv, _, _ = kv_setup
-    calls = _count_calls(adapter.layers["1"]["to_k_ip"])
-    k32, _ = kv.get(1, "cpu", torch.float32)
-    k64, _ = kv.get(1, "cpu", torch.float64)
-    kv.get(1, "cpu", torch.float64)
-    assert (k32.dtype, k64.dtype, len(calls)) == (torch.float32, torch.float64, 2)
-    assert torch.equal(k64, k32.double())
-
-
-@pytest.mark.parametrize("call", [
-    lambda: scale_embeds(torch.zeros(1, 2, 4), torch.zeros(1, 2, 4), 1.0, "K only"),
-    lambda: layer_schedule("stronger style", _SD15),
-], ids=["embeds_scaling", "weight_type"])
-def test_unknown_options_raise_the_packs_error_listing_the_choices(call) -> None:
-    with pytest.raises(InvalidOptionError, match="choose one of"):
-        call()
+    out = decoupled_attention(q, k, v, HEADS, [term], text_attention=zero_text)
+    assert _max_diff(out, naive_decoupled(q, k, v, [term]) - naive_attention(q, k, v, HEADS)) <= TOLERANCE

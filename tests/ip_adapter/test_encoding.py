@@ -103,6 +103,13 @@ def test_norm_average_is_element_wise_across_images() -> None:
     assert torch.allclose(out, torch.tensor([[0.7, 2.0**-0.5]]), atol=TOLERANCE)
 
 
+@pytest.mark.parametrize("method", sorted(FORMULAS))
+def test_every_reducing_method_passes_one_image_unchanged(method: str) -> None:
+    """One reference image: nothing to combine. (norm average used to return sign(x): +-1 everywhere, NaN at 0.)"""
+    prompt = _prompt(n_positive=1)
+    _assert_encoding(combine(prompt, method).positive, _tensors(prompt.positive))
+
+
 def test_subtract_with_one_image_returns_it() -> None:
     prompt = _prompt(n_positive=1)
     _assert_encoding(combine(prompt, "subtract").positive, _tensors(prompt.positive))

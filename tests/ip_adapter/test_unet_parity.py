@@ -1,8 +1,9 @@
 """The core's adapter, layout and decoupled attention inside a UNet equal diffusers' IP-Adapter UNet.
 
 Reference: diffusers loads the official-format state dicts itself (`_load_ip_adapter_weights`) and projects
-`added_cond_kwargs["image_embeds"]`. Ours: `IPAdapter` tokens -> `ImageKV` per checkpoint index -> `rows_for_chunks`
--> `ImageTerm`s -> `decoupled_attention`, installed on the same UNet's attn2 layers through our layout table.
+`added_cond_kwargs["image_embeds"]`. Ours: `IPAdapter` tokens -> `ImageKV` -> `AdapterEntry` -> the shipped
+`Attn2Patch` (rows, tables, masks, decoupled attention) on the same UNet's attn2 layers through our layout table,
+called with host-style extra_options.
 """
 
 from __future__ import annotations
@@ -18,25 +19,28 @@ pytest.importorskip("diffusers")
 from diffusers import UNet2DConditionModel  # noqa: E402
 
 from ip_adapter.adapter import IPAdapter  # noqa: E402
-from ip_adapter.attention import NEGATIVE_CHUNK, ImageTerm, rows_for_chunks  # noqa: E402
+from ip_adapter.attn2_patch import Attn2Patch, Contribution, reference_attention  # noqa: E402
 from ip_adapter.checkpoint import CheckpointGroups  # noqa: E402
-from ip_adapter.kv_cache import NEGATIVE_ROW, POSITIVE_ROW, ImageKV  # noqa: E402
-from ip_adapter.layout import SD15_LAYOUT, SDXL_LAYOUT, AttnLayer, UNetLayout  # noqa: E402
+from ip_adapter.entry import AdapterEntry  # noqa: E402
+from ip_adapter.kv_cache import ImageKV  # noqa: E402
+from ip_adapter.layout import SD15_LAYOUT, SDXL_LAYOUT, UNetLayout  # noqa: E402
+from ip_adapter.weight_types import LayerRule  # noqa: E402
 from tests.diffusers_reference import (  # noqa: E402
     CROSS_DIM,
+    LATENT_CHANNELS,
+    LATENT_SIZE,
     SD15_CONFIG,
     SD15_WIDTH_FACTOR,
     SDXL_CONFIG,
     SDXL_WIDTH_FACTOR,
-    TermsFn,
     UNetInputs,
     UNetTrio,
     adapter_groups,
     attention_module,
     attn2_names,
     attn2_widths,
-    downsample_mask,
-    install_term_processors,
+    install_patches,
+    left_half_latent_mask,
     left_half_mask,
     load_diffusers_adapters,
     run_unet,
@@ -49,7 +53,7 @@ TOLERANCE = 1e-4
 EXACT = 1e-6
 #: The adapter must move the UNet output by more than this, or the parity checks would prove nothing.
 MIN_EFFECT = 1e-2
-POSITIVE_CHUNK = 0
+POSITIVE_CHUNK, NEGATIVE_CHUNK = 0, 1
 CLIP_EMBED = 24
 CLIP_HIDDEN = 40
 CLIP_TOKENS = 5
@@ -109,31 +113,17 @@ def image_kv(prompt: Prompt, duplicate: bool = False) -> ImageKV:
                               for c in (prompt.positive, prompt.negative))
     if duplicate:
         positive, negative = (torch.cat([t, t], dim=1) for t in (positive, negative))
-    return ImageKV(prompt.adapter, positive, negative)
+    return ImageKV(prompt.adapter, positive, negative, prompt.adapter.spec.num_tokens)
 
 
-@dataclass(frozen=True)
-class Branch:
-    """One adapter's image branch on our side; `mask` is diffusers-preprocessed, (1, 1, H, W)."""
-
-    kv: ImageKV
-    weight: float
-    mask: torch.Tensor | None = None
+def entry(kv: ImageKV, weight: float, mask: torch.Tensor | None = None) -> AdapterEntry:
+    """Our side of one adapter: the entry Apply builds (full window, V only); `mask` in latent geometry (1, S, S)."""
+    return AdapterEntry(kv.adapter, kv, weight, 0.0, 1.0, "V only", mask)
 
 
-def terms_fn(branches: list[Branch], chunks: tuple[int, ...]) -> TermsFn:
-    def terms_for(layer: AttnLayer, q: torch.Tensor) -> list[ImageTerm]:
-        batch, num_queries, _ = q.shape
-        terms = []
-        for branch in branches:
-            kv = branch.kv.get(layer.checkpoint_index, q.device, q.dtype)
-            k, v = (rows_for_chunks(t[POSITIVE_ROW:POSITIVE_ROW + 1], t[NEGATIVE_ROW:NEGATIVE_ROW + 1], chunks,
-                                    batch // len(chunks)) for t in kv)
-            mask = None if branch.mask is None else downsample_mask(branch.mask, batch, num_queries)
-            terms.append(ImageTerm(k, v, branch.weight, mask))
-        return terms
-
-    return terms_for
+def host_extra(chunks: tuple[int, ...]) -> dict:
+    """extra_options as the host passes them outside a sampling run (no sigmas, no run plan)."""
+    return {"cond_or_uncond": list(chunks), "original_shape": [len(chunks), LATENT_CHANNELS, LATENT_SIZE, LATENT_SIZE]}
 
 
 @dataclass(frozen=True)
@@ -159,17 +149,20 @@ def run_reference(unets: UNetTrio, prompts: list[Prompt], case: Case) -> torch.T
     return run_unet(unets.reference, inputs_for(case.chunks), added_cond_kwargs={"image_embeds": embeds}, **kwargs)
 
 
-def run_ours(unets: UNetTrio, layout: UNetLayout, branches: list[Branch], chunks: tuple[int, ...]) -> torch.Tensor:
-    install_term_processors(unets.ours, layout, terms_fn(branches, chunks))
+def run_ours(unets: UNetTrio, layout: UNetLayout, entries: list[AdapterEntry], chunks: tuple[int, ...]
+             ) -> torch.Tensor:
+    contributions = tuple(Contribution(e, LayerRule(1.0)) for e in entries)
+    install_patches(unets.ours, layout, lambda layer: Attn2Patch(layer.checkpoint_index, contributions,
+                                                                 reference_attention), host_extra(chunks))
     return run_unet(unets.ours, inputs_for(chunks))
 
 
 def run_both(unets: UNetTrio, layout: UNetLayout, case: Case) -> tuple[torch.Tensor, torch.Tensor]:
     """(diffusers output, our output) for `case`, same weights and inputs."""
     prompts = [make_prompt(unets.plain, kind, case.images, seed=10 * i) for i, kind in enumerate(case.kinds)]
-    mask = left_half_mask() if case.masked else None
-    branches = [Branch(image_kv(p), w, mask) for p, w in zip(prompts, case.weights)]
-    return run_reference(unets, prompts, case), run_ours(unets, layout, branches, case.chunks)
+    mask = left_half_latent_mask() if case.masked else None
+    entries = [entry(image_kv(p), w, mask) for p, w in zip(prompts, case.weights)]
+    return run_reference(unets, prompts, case), run_ours(unets, layout, entries, case.chunks)
 
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -241,8 +234,8 @@ def test_weight_zero_equals_plain_unet(sd15: UNetTrio) -> None:
 def test_duplicated_image_changes_nothing(sd15: UNetTrio) -> None:
     """Concatenating an image's tokens with themselves leaves one joint softmax unchanged."""
     prompt, chunks = make_prompt(sd15.plain, PLUS), (POSITIVE_CHUNK,)
-    once = run_ours(sd15, SD15_LAYOUT, [Branch(image_kv(prompt), 0.7)], chunks)
-    twice = run_ours(sd15, SD15_LAYOUT, [Branch(image_kv(prompt, duplicate=True), 0.7)], chunks)
+    once = run_ours(sd15, SD15_LAYOUT, [entry(image_kv(prompt), 0.7)], chunks)
+    twice = run_ours(sd15, SD15_LAYOUT, [entry(image_kv(prompt, duplicate=True), 0.7)], chunks)
     assert max_diff(once, twice) <= TOLERANCE
     assert max_diff(once, plain_output(sd15)) > MIN_EFFECT
 

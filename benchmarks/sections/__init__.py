@@ -1,0 +1,1 @@
+"""One benchmark concern per module; each exposes `rows(bench, args) -> list[Row]`."""

@@ -1,0 +1,95 @@
+"""The callable stored at one attn2 key: the text attention plus every stacked adapter's image term.
+
+One object per key (the host keeps one callable per key). Its inputs are frozen after construction: stacking
+builds a new object with the old contributions plus the new one, and `__deepcopy__` returns the object itself, so
+the host's `clone()` (which deep-copies model_options) shares adapter weights instead of copying them. Per-run
+decisions arrive in `extra` as a RunPlan; the host's attention function is injected, so this file needs no host.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .attention import decoupled_attention, sdpa_attention
+from .entry import AdapterEntry
+from .run_plan import plan_of
+from .weight_types import LayerRule
+
+#: (q, k, v, heads, extra_options) -> output `[B, N, heads * dim_head]`: the host's attention with its options.
+HostAttention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int, dict], torch.Tensor]
+#: A foreign attn2 patch: (q, k, v, extra_options) -> output.
+ForeignPatch = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, dict], torch.Tensor]
+
+
+def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, extra: dict) -> torch.Tensor:
+    """HostAttention without a host: SDPA (tests, tools)."""
+    return sdpa_attention(q, k, v, heads)
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """One entry at one layer, with the rule its weight type gives that layer."""
+
+    entry: AdapterEntry
+    rule: LayerRule
+
+
+class Attn2Patch:
+    """`(q, k, v, extra_options) -> out` in pre-`to_out` space.
+
+    Args:
+        index: the layer's checkpoint index (which `to_k_ip`/`to_v_ip` to use).
+        contributions: the stacked adapters at this layer, oldest first.
+        attention: the host's attention (HostAttention).
+        base: a foreign patch that holds this layer too (another pack's); it computes the text attention instead of
+            the host's, so both packs keep working.
+    """
+
+    is_ip_adapter_patch = True
+
+    def __init__(self, index: int, contributions: tuple[Contribution, ...], attention: HostAttention,
+                 base: ForeignPatch | None = None) -> None:
+        self.index, self.contributions, self.attention, self.base = index, contributions, attention, base
+
+    @property
+    def entries(self) -> tuple[AdapterEntry, ...]:
+        return tuple(c.entry for c in self.contributions)
+
+    def stacked(self, contribution: Contribution) -> Attn2Patch:
+        """A new patch with `contribution` added; this one is left untouched (the upstream model still uses it)."""
+        return Attn2Patch(self.index, self.contributions + (contribution,), self.attention, self.base)
+
+    def with_base(self, base: ForeignPatch | None) -> Attn2Patch:
+        """The same contributions over another foreign patch."""
+        return Attn2Patch(self.index, self.contributions, self.attention, base)
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra: dict) -> torch.Tensor:
+        heads = extra["n_heads"]
+        plan = plan_of(extra)
+        terms = [t for c in self.contributions if (t := plan.term(self.index, c.entry, c.rule, q, extra)) is not None]
+        base = self.base
+        text = (lambda a, b, c, h: base(a, b, c, extra)) if base is not None else None
+        out = decoupled_attention(q, k, v, heads, terms, lambda a, b, c, h: self.attention(a, b, c, h, extra), text)
+        return out.to(q.dtype)
+
+    def __deepcopy__(self, memo: dict) -> Attn2Patch:
+        return self  # frozen inputs; sharing keeps one copy of the weights across clones
+
+    def to(self, device_or_dtype: torch.device | torch.dtype | str) -> Attn2Patch:
+        """Host hook: called with the load/offload device, then the UNet's storage dtype (ignored: terms are cast
+        to q's dtype at call time, so fp8 UNets never push the adapter into fp8)."""
+        if not isinstance(device_or_dtype, torch.dtype):
+            for entry in self.entries:
+                entry.keep_only(device_or_dtype)
+        return self
+
+    def models(self) -> list:
+        """Host hook: the objects to load and offload with the UNet (each once)."""
+        seen: dict[int, object] = {}
+        for entry in self.entries:
+            for owner in entry.owners:
+                seen.setdefault(id(owner), owner)
+        return list(seen.values())
