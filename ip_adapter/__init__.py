@@ -15,9 +15,13 @@ from .errors import (
     InvalidOptionError,
     IPAdapterError,
     MissingDependencyError,
+    MissingModelError,
+    NoFaceError,
     TrainingSetupError,
     UnsafeCheckpointError,
 )
+from .face import FaceEmbeds
+from .face_tokens import faceid_tokens
 from .kv_cache import ImageKV
 from .layout import LAYOUTS, SD15_LAYOUT, SDXL_LAYOUT, AttnLayer, BaseFamily, UNetLayout
 from .masks import mask_for_queries
@@ -28,9 +32,9 @@ from .spec import AdapterSpec, ClipOutput, ProjectionType
 __all__ = [
     "COMBINE_METHODS", "EMBEDS_SCALING", "LAYOUTS", "SD15_LAYOUT", "SDXL_LAYOUT",
     "AdapterSpec", "AttnLayer", "BaseFamily", "CheckpointFormatError", "ClipEncoding", "ClipOutput", "DatasetError",
-    "IPAdapter", "IPAdapterError", "ImageKV", "ImagePrompt", "ImageTerm", "IncompatibleEncodingError",
-    "IncompatibleModelError", "InvalidOptionError", "MissingDependencyError", "ProjectionType", "Role",
-    "TrainingSetupError", "UNetLayout", "UnsafeCheckpointError", "batch_layout", "combine", "decoupled_attention",
-    "load_ip_adapter", "mask_for_queries", "read_checkpoint", "role_of_conditioning", "scale_embeds",
-    "sdpa_attention",
+    "FaceEmbeds", "IPAdapter", "IPAdapterError", "ImageKV", "ImagePrompt", "ImageTerm", "IncompatibleEncodingError",
+    "IncompatibleModelError", "InvalidOptionError", "MissingDependencyError", "MissingModelError", "NoFaceError",
+    "ProjectionType", "Role", "TrainingSetupError", "UNetLayout", "UnsafeCheckpointError", "batch_layout", "combine",
+    "decoupled_attention", "faceid_tokens", "load_ip_adapter", "mask_for_queries", "read_checkpoint",
+    "role_of_conditioning", "scale_embeds", "sdpa_attention",
 ]

@@ -11,7 +11,10 @@ from torch import nn
 
 from .checkpoint import CheckpointGroups, read_checkpoint
 from .detect import detect
-from .errors import CheckpointFormatError, IncompatibleEncodingError
+from .dit.joint import JointLayerWeights
+from .dit.time_resampler import TimeResampler
+from .errors import CheckpointFormatError, IncompatibleEncodingError, IPAdapterError
+from .layout import BaseFamily
 from .placement import COMPUTE_DTYPES, compute_dtype, run_on
 from .projection import FaceIDProjModel, ImageProjModel, MLPProjModel, ProjPlusModel
 from .resampler import Resampler
@@ -24,7 +27,10 @@ _PROJECTIONS: dict[ProjectionType, type[nn.Module]] = {
     ProjectionType.RESAMPLER: Resampler,
     ProjectionType.FACEID_MLP: FaceIDProjModel,
     ProjectionType.FACEID_PLUS: ProjPlusModel,
+    ProjectionType.TIME_RESAMPLER: TimeResampler,
 }
+#: Per-layer weights by family; the UNet families (and XLabs' FLUX.1 adapters, with biases) use LayerWeights.
+_LAYER_WEIGHTS: dict[BaseFamily, type[nn.Module]] = {BaseFamily.SD35_LARGE: JointLayerWeights}
 
 
 def _stored(t: torch.Tensor, dtype: torch.dtype | None, device: torch.device | str) -> torch.Tensor:
@@ -57,7 +63,7 @@ def _build(make: Callable[[], nn.Module], name: str, what: str) -> nn.Module:
 class IPAdapter(nn.Module):
     """An IP-Adapter checkpoint ready to compute image tokens and per-layer image keys/values."""
 
-    def __init__(self, spec: AdapterSpec, image_proj: nn.Module, layers: LayerWeights, name: str,
+    def __init__(self, spec: AdapterSpec, image_proj: nn.Module, layers: LayerWeights | JointLayerWeights, name: str,
                  lora: dict[str, torch.Tensor] | None = None) -> None:
         super().__init__()
         self.spec, self.name = spec, name
@@ -83,7 +89,8 @@ class IPAdapter(nn.Module):
                 for g, sd in (("image_proj", groups.image_proj), ("ip_adapter", ip_layers))}
         image_proj = _build(lambda: _PROJECTIONS[spec.projection].from_state_dict(cast["image_proj"]),
                             groups.name, f"{spec.projection.value} projection ('image_proj' group)")
-        layers = _build(lambda: LayerWeights.from_state_dict(cast["ip_adapter"]), groups.name, "'ip_adapter' group")
+        layer_class = _LAYER_WEIGHTS.get(spec.family, LayerWeights)
+        layers = _build(lambda: layer_class.from_state_dict(cast["ip_adapter"]), groups.name, "'ip_adapter' group")
         _load_strict(image_proj, cast["image_proj"], groups.name, "image_proj")
         _load_strict(layers, cast["ip_adapter"], groups.name, "ip_adapter")
         return cls(spec, image_proj, layers, groups.name, lora).requires_grad_(False).eval()
@@ -129,6 +136,9 @@ class IPAdapter(nn.Module):
             Tokens in the compute dtype. Shape: (N, num_tokens, cross_attention_dim).
         """
         spec = self.spec
+        if spec.projection is ProjectionType.TIME_RESAMPLER:
+            raise IPAdapterError(f"'{self.name}' makes timestep-dependent tokens; project them with "
+                                 "ip_adapter.dit.tokens.TimedTokens, not IPAdapter.project")
         device = torch.device(device) if device is not None else self.device
         dtype = compute_dtype(device, self.dtype)
         if spec.clip_output is not None:

@@ -1,7 +1,8 @@
 """Read an IP-Adapter file (`.safetensors` or a tensors-only `.bin` pickle) into its two key groups.
 
 Official files hold `image_proj.*` and `ip_adapter.*`; raw training checkpoints hold `image_proj_model.*`,
-`adapter_modules.*` and a frozen `unet.*` copy (ignored). Pickles are read with `weights_only=True`: a pickle that
+`adapter_modules.*` and a frozen `unet.*` copy (ignored); XLabs' FLUX.1 files have their own layout
+(`dit/xlabs_format.py`). Pickles are read with `weights_only=True`: a pickle that
 asks to build anything but tensors fails before any of its code runs.
 """
 
@@ -17,6 +18,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from .dit.xlabs_format import is_xlabs_layout, xlabs_groups
 from .errors import CheckpointFormatError, UnsafeCheckpointError
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,8 @@ FOREIGN_SIGNATURES = (
     (("model.diffusion_model.", "input_blocks.", "down_blocks."), "a UNet or a full checkpoint",
      "load it with a checkpoint or UNet loader node"),
     (("vision_model.", "visual.transformer."), "a CLIP vision encoder", "put it in models/clip_vision"),
+    (("double_blocks.", "single_blocks.", "joint_blocks.", "transformer_blocks."), "a FLUX or SD3 diffusion model",
+     "load it with the Load Diffusion Model node (models/diffusion_models)"),
 )
 
 
@@ -124,6 +128,8 @@ def _foreign_error(name: str, keys: list[str]) -> CheckpointFormatError:
 
 def group_keys(flat: dict[str, torch.Tensor], name: str) -> CheckpointGroups:
     """Split flat keys into the `image_proj` and `ip_adapter` groups; reject anything unknown, naming the key."""
+    if is_xlabs_layout(flat):
+        return CheckpointGroups(name, *xlabs_groups(flat, name))
     groups: dict[str, dict[str, torch.Tensor]] = {"image_proj": {}, "ip_adapter": {}}
     unknown, ignored = [], 0
     for key, tensor in flat.items():

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import PurePath
 
+from .dit.detect import detect_dit
 from .errors import CheckpointFormatError
 from .layout import LAYOUT_BY_LAYER_COUNT, SD15_LAYOUT, SDXL_LAYOUT, BaseFamily
 from .spec import CLIP_TOKENS, FACE_ID_DIM, AdapterSpec, ClipOutput, ProjectionType
@@ -180,7 +181,11 @@ _FIELDS = {
 
 def detect(image_proj: StateDict, ip_adapter: StateDict, name: str) -> AdapterSpec:
     """Describe an adapter from its two key groups. `name` is the file name (used in messages and for the
-    layout-identical variants listed in this module's docstring)."""
+    layout-identical variants listed in this module's docstring). DiT adapters (FLUX.1, SD3.5) are described by
+    `dit.detect.detect_dit`, whose key layouts never occur in UNet adapters."""
+    dit = detect_dit(image_proj, ip_adapter, name)
+    if dit is not None:
+        return dit
     group = validate_layers(ip_adapter, name)
     family, custom = _family(group, name)
     projection = _projection_type(image_proj, name)

@@ -9,6 +9,7 @@ from typing import Callable
 import torch
 
 from .errors import InvalidOptionError
+from .face import FaceEmbeds
 from .spec import ClipOutput
 
 COMBINE_METHODS = ("concat", "add", "subtract", "average", "norm average")
@@ -46,17 +47,37 @@ class ImagePrompt:
 
     The reference convention for the negative is zeros for `image_embeds` and the encoding of an all-zero
     *normalised* pixel tensor for `hidden_states` (what the adapters saw when the image was dropped in training).
+
+    Face prompts (Encode Face Prompt) also carry `face`, the InsightFace identity embeddings of the same N images,
+    and their CLIP encodings are those of the aligned face crops (empty, width 0, without a CLIP vision model).
+
+    Attributes:
+        positive: the reference images' encodings.
+        negative: the unconditional encodings (the convention above, or a user's negative images).
+        face: the face identity embeddings of face prompts, else None.
+        black_image: the encoding of one all-black image, kept only when `negative` is the default (no negative image
+            was given): XLabs' FLUX.1 adapters use it as their reference negative.
     """
 
     positive: ClipEncoding
     negative: ClipEncoding
+    face: FaceEmbeds | None = None
+    black_image: ClipEncoding | None = None
 
     @property
     def num_images(self) -> int:
         return self.positive.num_images
 
+    @property
+    def default_negative(self) -> bool:
+        """Whether the negative is the reference default rather than encoded negative images."""
+        return self.black_image is not None
+
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> ImagePrompt:
-        return ImagePrompt(*(e.map(lambda t: t.to(device=device, dtype=dtype)) for e in (self.positive, self.negative)))
+        def move(e: ClipEncoding | FaceEmbeds | None) -> ClipEncoding | FaceEmbeds | None:
+            return None if e is None else e.map(lambda t: t.to(device=device, dtype=dtype))
+
+        return ImagePrompt(move(self.positive), move(self.negative), move(self.face), move(self.black_image))
 
 
 def fit_images(t: torch.Tensor, n: int) -> torch.Tensor:
@@ -93,9 +114,13 @@ def combine(prompt: ImagePrompt, method: str) -> ImagePrompt:
     "concat" keeps them all (their tokens later attend jointly, one softmax) and fits the negative to the same
     count; the other methods reduce the positive to one image and keep the first negative.
     """
+    black = prompt.black_image
     if method == "concat":
         n = prompt.num_images
-        return replace(prompt, negative=prompt.negative.map(lambda t: fit_images(t, n)))
+        fit = lambda t: fit_images(t, n)  # noqa: E731
+        return replace(prompt, negative=prompt.negative.map(fit), black_image=black and black.map(fit))
     if method not in _REDUCERS:
         raise InvalidOptionError(f"Unknown combine method '{method}'; choose one of {', '.join(COMBINE_METHODS)}.")
-    return ImagePrompt(prompt.positive.map(_REDUCERS[method]), prompt.negative.map(lambda t: t[:1]))
+    first = lambda t: t[:1]  # noqa: E731
+    return replace(prompt, positive=prompt.positive.map(_REDUCERS[method]), negative=prompt.negative.map(first),
+                   black_image=black and black.map(first))

@@ -28,7 +28,17 @@ class InvalidOptionError(IPAdapterError, ValueError):
 
 
 class MissingDependencyError(IPAdapterError, ImportError):
-    """An optional package (accelerate, tensorboard, diffusers for training) is not installed; names the pip command."""
+    """An optional package is not installed (insightface, onnxruntime or one of its execution providers for FaceID;
+    accelerate or tensorboard for training); the message carries the pip command for the host's own Python."""
+
+
+class MissingModelError(IPAdapterError, FileNotFoundError):
+    """A model a node needs is not where the pack looks for it (e.g. an InsightFace pack); the message names the folder
+    and the files to put there."""
+
+
+class NoFaceError(IPAdapterError, ValueError):
+    """InsightFace found no face in a reference image (at any detection size)."""
 
 
 class DatasetError(IPAdapterError, ValueError):

@@ -23,6 +23,8 @@ class BaseFamily(str, Enum):
 
     SD15 = "SD1.5"
     SDXL = "SDXL"
+    FLUX = "FLUX.1"  # DiT families: no UNet layout; see ip_adapter/dit/layout.py
+    SD35_LARGE = "SD3.5 Large"
 
 
 @dataclass(frozen=True)

@@ -29,13 +29,15 @@ def _layer(sd: StateDict, index: int) -> nn.ModuleDict:
     for name in ("to_k_ip", "to_v_ip"):
         if f"{index}.{name}.weight" in sd:
             out_f, in_f = shape_of(sd, f"{index}.{name}.weight")
-            modules[name] = nn.Linear(in_f, out_f, bias=False)
+            # XLabs' FLUX.1 adapters carry biases; the UNet adapters do not.
+            modules[name] = nn.Linear(in_f, out_f, bias=f"{index}.{name}.bias" in sd)
     return nn.ModuleDict(modules)
 
 
-def _project(weight: torch.Tensor, tokens: torch.Tensor, wanted: torch.dtype | None) -> torch.Tensor:
+def _project(linear: nn.Linear, tokens: torch.Tensor, wanted: torch.dtype | None) -> torch.Tensor:
+    weight, bias = linear.weight, linear.bias  # XLabs' FLUX.1 adapters carry biases
     dtype = compute_dtype(weight.device, weight.dtype, wanted)
-    return F.linear(tokens.to(weight.device, dtype), weight.to(dtype))
+    return F.linear(tokens.to(weight.device, dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
 
 
 class LayerWeights(nn.ModuleDict):
@@ -58,7 +60,7 @@ class LayerWeights(nn.ModuleDict):
         is (a partial low-VRAM load can leave them on different devices), in the compute dtype for that device and
         the dtype `wanted` by the caller (placement.compute_dtype)."""
         layer = self[str(index)]
-        return tuple(_project(layer[name].weight, tokens, wanted) for name in ("to_k_ip", "to_v_ip"))
+        return tuple(_project(layer[name], tokens, wanted) for name in ("to_k_ip", "to_v_ip"))
 
     def width(self, index: int) -> int:
         """Inner dim of layer `index` (rows of its to_k_ip)."""

@@ -9,6 +9,7 @@ from ..ip_adapter.entry import AdapterEntry, SigmaWindow, check_window
 from ..ip_adapter.masks import as_mask_batch
 from ..ip_adapter.scaling import check_embeds_scaling
 from ..ip_adapter.weight_types import WEIGHT_TYPES, layer_rules
+from .dit.apply import apply_dit
 from .loaded import LoadedAdapter, project
 from .model_checks import check_model
 from .patch import patch_model
@@ -23,7 +24,7 @@ def image_tokens(loaded: LoadedAdapter, prompt: ImagePrompt, method: str) -> tup
     if adapter.spec.is_faceid:
         raise IncompatibleEncodingError(
             f"'{adapter.name}' is a {adapter.spec.kind} adapter: it needs InsightFace face embeddings, which "
-            "Encode Image Prompt does not produce. Use a non-FaceID adapter with this node.")
+            "Encode Image Prompt does not produce. Use Apply IP-Adapter FaceID with Encode Face Prompt for it.")
     combined = combine(prompt, method)
     which = adapter.spec.clip_output
     pos, neg = (project(loaded, clip=enc.output(which)) for enc in (combined.positive, combined.negative))
@@ -69,6 +70,9 @@ class ApplyIPAdapter:
     def apply(self, model, ipadapter: LoadedAdapter, image_prompt: ImagePrompt, weight: float, weight_type: str,
               combine_images: str, start_at: float, end_at: float, embeds_scaling: str,
               attn_mask: torch.Tensor | None = None) -> tuple:
+        if ipadapter.adapter.spec.is_dit:  # FLUX.1 / SD3.5 adapters patch transformer blocks (nodes/dit)
+            return (apply_dit(model, ipadapter, image_prompt, weight, weight_type, combine_images, start_at, end_at,
+                              embeds_scaling, attn_mask),)
         check_model(model, ipadapter.adapter)
         check_embeds_scaling(embeds_scaling)  # fail before sampling, not inside it
         check_window(start_at, end_at)

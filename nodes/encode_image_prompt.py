@@ -43,21 +43,28 @@ def encode_images(clip_vision, images: torch.Tensor, crop: bool) -> ClipEncoding
     return ClipEncoding(torch.cat([p.image_embeds for p in parts]), torch.cat([p.hidden_states for p in parts]))
 
 
-def reference_negative(clip_vision, like: ClipEncoding) -> ClipEncoding:
-    """The reference implementation's unconditional encoding: zero image_embeds, and the hidden states of an
-    all-zero *normalised* pixel tensor (an image of the mean colour, not a black image)."""
+def reference_negative(clip_vision, like: ClipEncoding) -> tuple[ClipEncoding, ClipEncoding]:
+    """The reference implementations' unconditional encodings, from one forward of two images.
+
+    Returns:
+        negative: zero image_embeds, and the hidden states of an all-zero *normalised* pixel tensor (an image of the
+            mean colour, not a black image): the UNet adapters' convention.
+        black: the encoding of an all-black image, the negative of XLabs' FLUX.1 pipelines.
+    """
     mm.load_model_gpu(clip_vision.patcher)
     size = clip_vision.image_size
-    zero_pixels = _forward(clip_vision, torch.zeros(1, 3, size, size))
-    return ClipEncoding(torch.zeros_like(like.image_embeds[:1]), zero_pixels.hidden_states)
+    black_pixels = _preprocess(clip_vision, torch.zeros(1, size, size, 3), crop=False)
+    both = _forward(clip_vision, torch.cat([torch.zeros_like(black_pixels), black_pixels]))
+    negative = ClipEncoding(torch.zeros_like(like.image_embeds[:1]), both.hidden_states[:1])
+    return negative, both.map(lambda t: t[1:])
 
 
 class EncodeImagePrompt:
     DESCRIPTION = (
         "Encodes reference images with a CLIP vision model into an image prompt for Apply IP-Adapter. Each image in "
-        "the batch is one reference. Without a negative image, the unconditional encoding follows the reference "
-        "implementation (zero embeddings / a zero normalised image). The prompt works with any adapter that "
-        "expects this CLIP vision model."
+        "the batch is one reference. Without a negative image, the unconditional encoding follows each adapter's "
+        "reference implementation (zero embeddings / a zero normalised image; a black image for FLUX.1, zero "
+        "features for SD3.5). The prompt works with any adapter that expects this CLIP vision model."
     )
     CATEGORY = "ip_adapter"
     FUNCTION = "encode"
@@ -69,10 +76,12 @@ class EncodeImagePrompt:
         return {
             "required": {
                 "clip_vision": ("CLIP_VISION", {"tooltip": "From Load CLIP Vision: ViT-H/14 for most adapters, "
-                                                           "ViT-bigG/14 for ip-adapter_sdxl and sd15_vit-G."}),
+                                                           "ViT-bigG/14 for ip-adapter_sdxl and sd15_vit-G, ViT-L/14 "
+                                                           "for FLUX.1 (XLabs), SigLIP-384 for SD3.5 (InstantX)."}),
                 "image": ("IMAGE", {"tooltip": "Reference images; each image of the batch is one reference."}),
                 "crop": (list(CROP_OPTIONS), {"default": "center", "tooltip": "center: resize the short side to "
-                         "the encoder size and crop the middle. none: stretch the whole image to a square."}),
+                         "the encoder size and crop the middle. none: stretch the whole image to a square (what "
+                         "InstantX's SD3.5 pipeline does)."}),
             },
             "optional": {
                 "negative_image": ("IMAGE", {"tooltip": "Optional image(s) for the unconditional side (e.g. noise); "
@@ -85,7 +94,6 @@ class EncodeImagePrompt:
         do_crop = crop == CROP_OPTIONS[0]
         positive = encode_images(clip_vision, image, do_crop)
         if negative_image is None:
-            negative = reference_negative(clip_vision, positive)
-        else:
-            negative = encode_images(clip_vision, negative_image, do_crop)
-        return (ImagePrompt(positive, negative),)
+            negative, black = reference_negative(clip_vision, positive)
+            return (ImagePrompt(positive, negative, black_image=black),)
+        return (ImagePrompt(positive, encode_images(clip_vision, negative_image, do_crop)),)

@@ -15,8 +15,9 @@ log = logging.getLogger(__name__)
 class LoadIPAdapter:
     DESCRIPTION = (
         "Loads an IP-Adapter checkpoint (.safetensors or .bin) from models/ipadapter. The kind (base, light, plus, "
-        "plus-face, full-face, vit-G, FaceID...), the base model (SD1.5 or SDXL) and the CLIP vision model it "
-        "needs are read from the weights; a wrong or damaged file fails here with an explanation."
+        "plus-face, full-face, vit-G, FaceID, XLabs v1/v2, InstantX...), the base model (SD1.5, SDXL, FLUX.1 or "
+        "SD3.5 Large) and the CLIP vision model it needs are read from the weights; a wrong or damaged file fails "
+        "here with an explanation."
     )
     CATEGORY = "ip_adapter"
     FUNCTION = "load"

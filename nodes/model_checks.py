@@ -8,6 +8,7 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 from ..ip_adapter import IncompatibleModelError, IPAdapter
 from ..ip_adapter.layout import LAYOUTS, UNetLayout
 from ..ip_adapter.model_layout import BlockTransformer, layout_from_blocks
+from .dit.target import describe_model
 
 FAMILY_BY_CONTEXT = {layout.cross_attention_dim: family for family, layout in LAYOUTS.items()}
 #: UNet families with cross-attention that no IP-Adapter file here fits, by context width.
@@ -61,11 +62,14 @@ def _family_name(context_dim: int) -> str:
 def check_model(model, adapter: IPAdapter) -> UNetLayout:
     """Raise IncompatibleModelError naming both sides and the fix unless `adapter` fits `model`'s UNet."""
     spec, name = adapter.spec, adapter.name
+    if spec.is_dit:
+        raise IncompatibleModelError(
+            f"'{name}' is a {spec.family.value} adapter; this node patches SD1.5/SDXL UNets. Use Apply IP-Adapter.")
     unet = getattr(model.model, "diffusion_model", None)
     if not isinstance(unet, UNetModel):
         raise IncompatibleModelError(
-            f"'{name}' patches SD1.5/SDXL UNets, but this model is a {type(unet).__name__}. Use a model from "
-            "the SD1.5 or SDXL family.")
+            f"'{name}' is an {spec.family.value} adapter, but the model is {describe_model(model)}. Use an "
+            f"{spec.family.value} checkpoint, or an adapter made for this model.")
     context = model.model.model_config.unet_config.get("context_dim")
     if context != spec.cross_attention_dim:
         model_family = _family_name(context)

@@ -68,7 +68,8 @@ def outer_sample_wrapper(executor, *args, **kwargs):
     return executor(*args, **kwargs)
 
 
-def _register_wrapper(model) -> None:
+def register_run_plan(model) -> None:
+    """Make sure `model` builds a run plan when sampling starts (once, however many adapters it carries)."""
     if outer_sample_wrapper not in model.get_wrappers(OUTER_SAMPLE, WRAPPER_KEY):
         model.add_wrapper_with_key(OUTER_SAMPLE, WRAPPER_KEY, outer_sample_wrapper)
 
@@ -97,5 +98,5 @@ def patch_model(model, layout: UNetLayout, entry: AdapterEntry, rules: dict[int,
         patched.set_model_attn2_replace(new, *key)
         registry[("attn2", key)] = new
     patched.model_options["transformer_options"][REGISTRY_KEY] = registry
-    _register_wrapper(patched)
+    register_run_plan(patched)
     return patched

@@ -7,12 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.contract import FLOAT_RANGES, NODES, widget_inputs
+from tests.contract import FLOAT_RANGES, FRONTEND_ONLY, NODES, widget_inputs
 
 WORKFLOWS = sorted((Path(__file__).parents[1] / "workflows").glob("*.json"))
 #: Core node ids the examples may use (checked against a real host in tests/host).
 CORE_NODES = {"CheckpointLoaderSimple", "CLIPVisionLoader", "LoadImage", "CLIPTextEncode", "EmptyLatentImage",
-              "KSampler", "VAEDecode", "SaveImage", "LoraLoader", "ControlNetLoader", "ControlNetApplyAdvanced"}
+              "KSampler", "VAEDecode", "SaveImage", "PreviewImage", "LoraLoader", "ControlNetLoader",
+              "ControlNetApplyAdvanced", "UNETLoader", "DualCLIPLoader", "TripleCLIPLoader", "VAELoader",
+              "FluxGuidance", "EmptySD3LatentImage", "Note"}
 
 
 def test_there_are_example_workflows():
@@ -35,13 +37,18 @@ def test_ui_format_and_links_are_consistent(workflow):
 
 
 def test_only_known_node_ids(workflow):
-    unknown = {n["type"] for n in workflow["nodes"]} - set(NODES) - CORE_NODES
+    unknown = {n["type"] for n in workflow["nodes"]} - set(NODES) - CORE_NODES - FRONTEND_ONLY
     assert not unknown
+
+
+def test_every_node_of_the_pack_is_in_an_example() -> None:
+    used = {n["type"] for path in WORKFLOWS for n in json.loads(path.read_text())["nodes"]}
+    assert set(NODES) <= used
 
 
 def test_our_widgets_follow_the_contract(workflow):
     ours = [n for n in workflow["nodes"] if n["type"] in NODES]
-    assert {n["type"] for n in ours} == set(NODES)
+    assert ours
     for node in ours:
         widgets = widget_inputs(node["type"])
         assert len(node["widgets_values"]) == len(widgets), node["type"]

@@ -23,6 +23,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.contract import FRONTEND_ONLY
 from tests.host import graph
 from tests.host.ipa_setup import adapter_groups, write_adapter
 from tests.host.tiny_controlnet import PREFIX, controlnet_keys, controlnet_state_dict
@@ -45,7 +46,11 @@ WORKFLOWS = sorted((Path(__file__).parents[2] / "workflows").glob("*.json"))
 #: Widget value types of INPUT_TYPES entries (anything else is a socket).
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 #: The folder each model-file widget of the example workflows lists (widget name -> folder).
-MODEL_WIDGET_FOLDERS = {"ckpt_name": "checkpoints", "clip_name": "clip_vision", "ipadapter_file": "ipadapter"}
+MODEL_WIDGET_FOLDERS = {"ckpt_name": "checkpoints", "clip_name": "clip_vision", "ipadapter_file": "ipadapter",
+                        "unet_name": "diffusion_models", "vae_name": "vae", "clip_name1": "text_encoders",
+                        "clip_name2": "text_encoders", "clip_name3": "text_encoders"}
+#: Model-folder widgets that name a folder of files: (folder, sub-path) -> a placeholder file inside it.
+PACK_WIDGETS = {("LoadInsightFace", "model_name"): ("insightface", "models", "placeholder.onnx")}
 
 
 @dataclass(frozen=True)
@@ -303,7 +308,7 @@ def ui_to_api(workflow: dict) -> dict:
     links = {link[0]: link for link in workflow["links"]}
     prompt = {}
     for node in workflow["nodes"]:
-        if node.get("mode", 0) != 0:
+        if node.get("mode", 0) != 0 or node["type"] in FRONTEND_ONLY:
             continue
         cls = nodes.NODE_CLASS_MAPPINGS.get(node["type"])
         assert cls is not None, f"{node['type']} is not a node type of the host (with the pack loaded)"
@@ -340,6 +345,10 @@ def workflow_files(host_models, comfy_host):
             for name, value in node["inputs"].items():
                 if name in MODEL_WIDGET_FOLDERS and isinstance(value, str):
                     path = host_models.folder(MODEL_WIDGET_FOLDERS[name]) / value
+                elif (node["class_type"], name) in PACK_WIDGETS:
+                    folder, sub, placeholder = PACK_WIDGETS[(node["class_type"], name)]
+                    path = host_models.folder(folder) / sub / value / placeholder
+                    path.parent.mkdir(parents=True, exist_ok=True)
                 elif node["class_type"] == "LoadImage" and name == "image":
                     path = Path(folder_paths.get_input_directory()) / value
                 else:
@@ -365,11 +374,12 @@ def test_example_workflow_validates_in_the_host(path: Path, host_pack, workflow_
     import nodes
 
     workflow = json.loads(path.read_text())
-    used = {n["type"] for n in workflow["nodes"]}
+    used = {n["type"] for n in workflow["nodes"]} - FRONTEND_ONLY
     assert used <= set(nodes.NODE_CLASS_MAPPINGS), used - set(nodes.NODE_CLASS_MAPPINGS)
-    assert set(host_pack.node_class_mappings) <= used  # every example uses all three of the pack's nodes
+    assert used & set(host_pack.node_class_mappings)  # every example uses the pack
     prompt = ui_to_api(workflow)
     workflow_files(prompt)
     valid, error, outputs, node_errors = asyncio.run(execution.validate_prompt(str(uuid.uuid4()), prompt, None))
     assert valid, (error, node_errors)
-    assert outputs == [str(n["id"]) for n in workflow["nodes"] if n["type"] == "SaveImage"]
+    assert sorted(outputs) == sorted(str(n["id"]) for n in workflow["nodes"] if n["type"] in ("SaveImage",
+                                                                                               "PreviewImage"))
