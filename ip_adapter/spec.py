@@ -67,8 +67,8 @@ class AdapterSpec:
         kind: "base", "light", "vit-g", "plus", "plus-face", "composition", "full-face", "faceid",
             "faceid-plus", "faceid-plusv2", "faceid-portrait" or "faceid-portrait-unnorm"; for DiT adapters
             "xlabs-v1", "xlabs-v2" (FLUX.1) or "instantx" (SD3.5 Large).
-        family: the base model family (from the layer count, 16 = SD1.5, 70 = SDXL; for other counts from the
-            context width, 2048 = SDXL, else SD1.5; from the key layout for DiTs).
+        family: the base model family: from the context width when it is a known one (768 SD1.5, 2048 SDXL), else
+            from a standard layer count (16 SD1.5, 70 SDXL), else SD1.5; from the key layout for DiTs.
         projection: the image-projection architecture.
         clip_output: the CLIP output consumed, or None for FaceID models that use only the face embedding.
         clip_width: width of that CLIP output (E), or 0 when there is none.
@@ -78,8 +78,8 @@ class AdapterSpec:
         cross_attention_dim: the width the tokens live in (768 SD1.5, 2048 SDXL, 4096 FLUX.1, 2432 SD3.5 Large).
         lora_rank: rank of the embedded FaceID LoRA, or 0.
         shortcut: FaceID PlusV2 adds the ID tokens back after the resampler.
-        custom_layout: the layer count is neither SD1.5's 16 nor SDXL's 70 (an adapter trained for a pruned or
-            distilled UNet); its layers are matched to the model's own cross-attention layers at Apply.
+        custom_layout: the layer count is not its family's standard one (16 SD1.5, 70 SDXL): an adapter trained for
+            a pruned or distilled UNet, whose layers Apply matches to the model's own cross-attention layers.
     """
 
     kind: str
