@@ -3,7 +3,8 @@ diffusers twins, moved off their initialisation (as training does), exported wit
 by Load IP-Adapter and applied by Apply IP-Adapter. The host's noise prediction must equal the training forward pass.
 
 A pruned UNet (one res block per level: 10 cross-attention layers instead of 16) gets a custom-layout adapter, which
-the loader accepts and Apply matches to the model's own cross-attention layers, or refuses on another model.
+the loader accepts and Apply matches to the model's own cross-attention layers. A layer count that does not fit the
+model (custom on a standard UNet, standard on a pruned one) is refused naming the file and both counts.
 """
 
 from __future__ import annotations
@@ -16,7 +17,19 @@ from typing import Any
 import pytest
 import torch
 
-from tests.host.ipa_setup import SIGMA, PackNodes, apply, latent, reference_images, text_conds, twin_clip_inputs
+from tests.factories import random_groups
+from tests.host.ipa_setup import (
+    SIGMA,
+    PackNodes,
+    adapter_groups,
+    apply,
+    image_proj_for,
+    latent,
+    reference_images,
+    text_conds,
+    twin_clip_inputs,
+    write_adapter,
+)
 from tests.host.predict import host_eps
 from tests.host.tiny_models import SD15, UNET_CONFIGS, diffusers_to_ldm, ldm_layout
 
@@ -134,12 +147,45 @@ def test_custom_layout_adapter_loads_and_matches_its_pruned_model(nodes, pruned,
     _assert_parity(nodes, trained, filename, tiny_clip_vision)
 
 
+def _refused(nodes: PackNodes, model, filename: str, clip) -> str:
+    """Apply's message for an adapter that does not fit `model`; the input model must stay unpatched."""
+    _, prompt = _prompt(nodes, clip)
+    before = copy.deepcopy(model.model_options)
+    with pytest.raises(nodes.core.IncompatibleModelError) as info:
+        apply(nodes, model, nodes.load.load(filename)[0], prompt)
+    assert model.model_options == before
+    return str(info.value)
+
+
 def test_custom_layout_adapter_on_another_model_fails_naming_both_counts(nodes, pruned, tiny_sd15,
                                                                           tiny_clip_vision) -> None:
     _, filename = pruned
-    _, prompt = _prompt(nodes, tiny_clip_vision)
-    with pytest.raises(nodes.core.IncompatibleModelError, match=r"custom layout with 10 .* UNet has 16"):
-        apply(nodes, tiny_sd15.patcher, nodes.load.load(filename)[0], prompt)
+    message = _refused(nodes, tiny_sd15.patcher, filename, tiny_clip_vision)
+    assert message.startswith(f"'{filename}' has {PRUNED_LAYERS} cross-attention layers (a custom layout), but this "
+                              "model's UNet has 16 (the standard SD1.5 UNet)")
+    assert "python -m ip_adapter.train" in message
+
+
+def test_standard_adapter_on_the_pruned_model_fails_naming_both_counts(nodes, pruned, tiny_sd15, tiny_clip_vision,
+                                                                       host_models) -> None:
+    trained, _ = pruned
+    filename = write_adapter(host_models, adapter_groups("base", tiny_sd15, tiny_clip_vision), "standard_sd15.safetensors")
+    message = _refused(nodes, trained.model, filename, tiny_clip_vision)
+    assert message.startswith(f"'{filename}' has 16 cross-attention layers (the standard SD1.5 layout), but this "
+                              f"model's UNet has {PRUNED_LAYERS} (a pruned or distilled UNet)")
+
+
+def test_sd15_count_at_sdxl_width_is_a_custom_layout_that_fits_no_standard_sdxl(nodes, tiny_sdxl, tiny_clip_vision,
+                                                                                 host_models) -> None:
+    """16 layers at width 2048 is what a pruned SDXL UNet may have: it loads, and the standard SDXL UNet refuses it."""
+    groups = random_groups(image_proj_for("base", tiny_sdxl.context_dim, tiny_clip_vision), [64] * 16,
+                           tiny_sdxl.context_dim)
+    filename = write_adapter(host_models, groups, "pruned-16_sdxl.safetensors")
+    spec = nodes.load.load(filename)[0].adapter.spec
+    assert (spec.family.value, spec.num_layers, spec.custom_layout) == ("SDXL", 16, True)
+    message = _refused(nodes, tiny_sdxl.patcher, filename, tiny_clip_vision)
+    assert message.startswith(f"'{filename}' has 16 cross-attention layers (a custom layout), but this model's UNet "
+                              "has 70 (the standard SDXL UNet)")
 
 
 def test_layer_selective_weight_types_are_refused_on_custom_layouts(nodes, pruned, tiny_clip_vision) -> None:
