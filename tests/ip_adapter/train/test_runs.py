@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from ip_adapter.train import cli
 from ip_adapter.train.checkpoints import ADAPTER_FILE, Progress, complete_checkpoints, write_progress
 from ip_adapter.train.config import DataConfig
-from ip_adapter.train.loop import train
+from ip_adapter.train.loop import TRACKER_PROJECT, train
 from tests.factories import flat, image_proj_shapes, random_groups
 from tests.ip_adapter.train import tiny_models as tm
 from tests.ip_adapter.train.helpers import (
@@ -176,3 +176,28 @@ def test_the_pack_imports_without_the_optional_packages() -> None:
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
                           env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_progress_bar_log_lines_and_tensorboard_report_loss_and_throughput(folders, tmp_path: Path, caplog, capsys,
+                                                                          fresh_accelerate) -> None:
+    """Each step's mean loss reaches the log line and TensorBoard with the same value, with images/s and the lr; the
+    bar shows loss and img/s."""
+    import logging
+    import re
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    caplog.set_level(logging.INFO, logger="ip_adapter.train.loop")
+    _run(folders, tmp_path / "logged", DataConfig(image_folder=folders.images), max_steps=2, log_every=1,
+         tensorboard=True, progress_bar=True)
+    logged = {int(s): float(v) for s, v in re.findall(r"step (\d+): loss ([\d.]+), [\d.]+ images/s", caplog.text)}
+    assert sorted(logged) == [1, 2]
+    events = EventAccumulator(str(tmp_path / "logged" / "logs" / TRACKER_PROJECT))
+    events.Reload()
+    losses = {e.step: e.value for e in events.Scalars("loss")}
+    assert sorted(losses) == [1, 2]
+    assert all(abs(losses[s] - logged[s]) < 1e-5 and losses[s] > 0 for s in losses)
+    assert [e.value for e in events.Scalars("lr")] == pytest.approx([LR, LR])
+    assert all(e.value > 0 for e in events.Scalars("images_per_s"))
+    bar = capsys.readouterr().err
+    assert "training" in bar and "loss=" in bar and "img/s=" in bar
