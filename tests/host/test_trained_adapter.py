@@ -31,7 +31,7 @@ from tests.host.ipa_setup import (
     write_adapter,
 )
 from tests.host.predict import host_eps
-from tests.host.tiny_models import SD15, UNET_CONFIGS, diffusers_to_ldm, ldm_layout
+from tests.host.tiny_models import SD15, SDXL, UNET_CONFIGS, diffusers_to_ldm, ldm_layout
 
 TOLERANCE = 1e-4  # float32 through two frameworks, as in the other host parity tests
 MIN_EFFECT = 1e-2
@@ -104,17 +104,16 @@ def nodes(host_pack) -> PackNodes:
     return PackNodes.of(host_pack)
 
 
-@pytest.mark.parametrize("kind", ["base", "plus"])
-def test_trained_adapter_runs_in_the_host_as_it_trained(nodes, tiny_sd15, tiny_clip_vision, host_models,
-                                                        kind: str) -> None:
-    """SD1.5 here; the SDXL training forward is checked against diffusers in tests/ip_adapter/train, and the pack's
-    SDXL inference against diffusers in test_apply_parity."""
-    unet, family = tiny_sd15, SD15
+@pytest.mark.parametrize(("family", "kind"), [(SD15, "base"), (SD15, "plus"), (SDXL, "base"), (SDXL, "plus")])
+def test_trained_adapter_runs_in_the_host_as_it_trained(nodes, tiny_sd15, tiny_sdxl, tiny_clip_vision, host_models,
+                                                        family: str, kind: str) -> None:
+    """The SDXL cases carry the size/crop conditioning through both the host and the training forward."""
+    unet = tiny_sd15 if family == SD15 else tiny_sdxl
     adapter = _trainer_adapter(copy.deepcopy(unet.diffusers), tiny_clip_vision, kind, seed=len(kind))
     trained = Trained(family, unet.patcher, adapter, kind)
     filename = _export(adapter, host_models, f"trained-{kind}_{family}.safetensors")
     spec = nodes.load.load(filename)[0].adapter.spec
-    assert (spec.kind, spec.custom_layout) == (kind, False)
+    assert (spec.kind, spec.custom_layout, spec.num_layers) == (kind, False, 16 if family == SD15 else 70)
     _assert_parity(nodes, trained, filename, tiny_clip_vision)
 
 
@@ -169,7 +168,8 @@ def test_custom_layout_adapter_on_another_model_fails_naming_both_counts(nodes, 
 def test_standard_adapter_on_the_pruned_model_fails_naming_both_counts(nodes, pruned, tiny_sd15, tiny_clip_vision,
                                                                        host_models) -> None:
     trained, _ = pruned
-    filename = write_adapter(host_models, adapter_groups("base", tiny_sd15, tiny_clip_vision), "standard_sd15.safetensors")
+    groups = adapter_groups("base", tiny_sd15, tiny_clip_vision)
+    filename = write_adapter(host_models, groups, "standard_sd15.safetensors")
     message = _refused(nodes, trained.model, filename, tiny_clip_vision)
     assert message.startswith(f"'{filename}' has 16 cross-attention layers (the standard SD1.5 layout), but this "
                               f"model's UNet has {PRUNED_LAYERS} (a pruned or distilled UNet)")
