@@ -9,6 +9,7 @@ from .checkpoint import read_checkpoint
 from .encoding import COMBINE_METHODS, ClipEncoding, ImagePrompt, combine
 from .errors import (
     CheckpointFormatError,
+    DatasetError,
     ImagePromptFileError,
     IncompatibleEncodingError,
     IncompatibleModelError,
@@ -17,6 +18,7 @@ from .errors import (
     MissingDependencyError,
     MissingModelError,
     NoFaceError,
+    TrainingSetupError,
     UnsafeCheckpointError,
 )
 from .face import FaceEmbeds
@@ -30,10 +32,10 @@ from .spec import AdapterSpec, ClipOutput, ProjectionType
 
 __all__ = [
     "COMBINE_METHODS", "EMBEDS_SCALING", "LAYOUTS", "SD15_LAYOUT", "SDXL_LAYOUT", "AdapterSpec", "AttnLayer",
-    "BaseFamily", "CheckpointFormatError", "ClipEncoding", "ClipOutput", "FaceEmbeds", "IPAdapter", "IPAdapterError",
-    "ImageKV", "ImagePrompt", "ImagePromptFileError", "ImageTerm", "IncompatibleEncodingError",
+    "BaseFamily", "CheckpointFormatError", "ClipEncoding", "ClipOutput", "DatasetError", "FaceEmbeds", "IPAdapter",
+    "IPAdapterError", "ImageKV", "ImagePrompt", "ImagePromptFileError", "ImageTerm", "IncompatibleEncodingError",
     "IncompatibleModelError", "InvalidOptionError", "MissingDependencyError", "MissingModelError", "NoFaceError",
-    "ProjectionType", "Role", "UNetLayout", "UnsafeCheckpointError", "batch_layout", "combine", "decoupled_attention",
-    "faceid_tokens", "load_ip_adapter", "mask_for_queries", "read_checkpoint", "role_of_conditioning", "scale_embeds",
-    "sdpa_attention",
+    "ProjectionType", "Role", "TrainingSetupError", "UNetLayout", "UnsafeCheckpointError", "batch_layout", "combine",
+    "decoupled_attention", "faceid_tokens", "load_ip_adapter", "mask_for_queries", "read_checkpoint",
+    "role_of_conditioning", "scale_embeds", "sdpa_attention",
 ]

@@ -23,6 +23,7 @@ from .weights import LORA_KEY as _LORA_KEY
 
 _IP_KEY = re.compile(r"^(\d+)\.(to_k_ip|to_v_ip)\.weight$")
 _KNOWN_CROSS_DIMS = {SD15_LAYOUT.cross_attention_dim: BaseFamily.SD15, SDXL_LAYOUT.cross_attention_dim: BaseFamily.SDXL}
+_LISTED = 8  # indices listed in a message before it abbreviates
 
 
 @dataclass(frozen=True)
@@ -50,17 +51,32 @@ def _ip_indices(ad: StateDict, name: str) -> dict[int, set[str]]:
     return found
 
 
+def _listing(values: list[int]) -> str:
+    """A short list for messages: every value, or the first and last few."""
+    if not values:
+        return "none"
+    if len(values) <= _LISTED:
+        return str(values)
+    return "[" + ", ".join(map(str, values[:_LISTED // 2])) + ", ..., " + ", ".join(map(str, values[-2:])) + "]"
+
+
 def _check_layer_count(indices: list[int], name: str) -> None:
-    expected = {layout.num_layers: layout for layout in (SD15_LAYOUT, SDXL_LAYOUT)}
-    if len(indices) in expected and indices == list(range(1, 2 * len(indices), 2)):
+    """Accept n layers at the odd indices 1, 3, ..., 2n-1 without gaps: 16 (SD1.5), 70 (SDXL) or any other count (a
+    custom layout, e.g. an adapter trained for a pruned or distilled UNet; it is checked against the model at Apply).
+    """
+    if not indices:
+        raise _fail(name, "its 'ip_adapter' group has no cross-attention layers (no '<n>.to_k_ip.weight' keys)",
+                    "The file is incomplete or not an IP-Adapter; download it again")
+    if indices == list(range(1, 2 * len(indices), 2)):
         return
-    nearest = min(expected, key=lambda n: abs(n - len(indices)))
-    wanted = set(range(1, 2 * nearest, 2))
-    missing, extra = sorted(wanted - set(indices)), sorted(set(indices) - wanted)
-    raise _fail(name, f"the layer group has {len(indices)} cross-attention layers (indices {indices[:3]}..."
-                f"{indices[-1:]}); SD1.5 adapters have 16 and SDXL adapters 70 (odd indices 1, 3, 5, ...). "
-                f"Compared with {expected[nearest].family.value}: missing {missing or 'none'}, extra {extra or 'none'}",
-                "The file is incomplete or not an official IP-Adapter; download it again")
+    expected = list(range(1, max(*indices, 1) + 1, 2))  # the gap-free run up to the highest index found
+    missing, extra = sorted(set(expected) - set(indices)), sorted(set(indices) - set(expected))
+    raise _fail(name, f"the layer group has {len(indices)} cross-attention layers at indices {_listing(indices)}, "
+                f"but an adapter's layers sit at the odd indices 1, 3, 5, ... without gaps (up to index "
+                f"{expected[-1]}, {len(expected)} layers): missing {_listing(missing)}, extra {_listing(extra)}. "
+                f"SD1.5 adapters have {SD15_LAYOUT.num_layers} layers, SDXL adapters {SDXL_LAYOUT.num_layers} and "
+                "adapters trained for a pruned UNet that UNet's count",
+                "The file is incomplete or damaged; download or export it again")
 
 
 def validate_layers(ad: StateDict, name: str) -> LayerGroup:
@@ -97,13 +113,19 @@ def _lora_rank(ad: StateDict, name: str) -> int:
     return max(ranks, default=0)
 
 
-def _family(group: LayerGroup, name: str) -> BaseFamily:
-    family = LAYOUT_BY_LAYER_COUNT[len(group.indices)].family
+def _family(group: LayerGroup) -> tuple[BaseFamily, bool]:
+    """The base family and whether the layers are a custom layout.
+
+    A known context width (768 SD1.5, 2048 SDXL) decides the family; the layout is standard when the count is that
+    family's (16 / 70) and custom otherwise, e.g. 16 layers at width 2048 from a pruned SDXL UNet. An unknown width
+    (tiny test models, other bases) takes the family from a standard count, else SD1.5 with a custom layout. Apply
+    matches custom layouts to the model's own cross-attention layers.
+    """
     known = _KNOWN_CROSS_DIMS.get(group.cross_attention_dim)
-    if known is not None and known is not family:
-        raise _fail(name, f"it has the {family.value} layer count ({len(group.indices)}) but the {known.value} "
-                    f"context width ({group.cross_attention_dim})", "The file is corrupt or a mix of two adapters")
-    return family
+    standard = LAYOUT_BY_LAYER_COUNT.get(len(group.indices))
+    if known is None:
+        return (standard.family, False) if standard else (BaseFamily.SD15, True)
+    return known, standard is None or standard.family is not known
 
 
 def _projection_type(ip: StateDict, name: str) -> ProjectionType:
@@ -180,7 +202,7 @@ def detect(image_proj: StateDict, ip_adapter: StateDict, name: str) -> AdapterSp
     if dit is not None:
         return dit
     group = validate_layers(ip_adapter, name)
-    family = _family(group, name)
+    family, custom = _family(group)
     projection = _projection_type(image_proj, name)
     try:
         fields = _FIELDS[projection](image_proj, name, family)
@@ -189,4 +211,5 @@ def detect(image_proj: StateDict, ip_adapter: StateDict, name: str) -> AdapterSp
                     "The file is incomplete; download it again") from e
     fields.setdefault("face_id_dim", 0)
     return AdapterSpec(family=family, projection=projection, num_layers=len(group.indices),
-                       cross_attention_dim=group.cross_attention_dim, lora_rank=group.lora_rank, **fields)
+                       cross_attention_dim=group.cross_attention_dim, lora_rank=group.lora_rank,
+                       custom_layout=custom, **fields)

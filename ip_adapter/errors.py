@@ -32,8 +32,8 @@ class ImagePromptFileError(IPAdapterError, ValueError):
 
 
 class MissingDependencyError(IPAdapterError, ImportError):
-    """An optional package is not installed (insightface, onnxruntime or one of its execution providers); the message
-    carries the pip command for the host's own Python."""
+    """An optional package is not installed (insightface, onnxruntime or one of its execution providers for FaceID;
+    accelerate or tensorboard for training); the message carries the pip command for the host's own Python."""
 
 
 class MissingModelError(IPAdapterError, FileNotFoundError):
@@ -43,3 +43,11 @@ class MissingModelError(IPAdapterError, FileNotFoundError):
 
 class NoFaceError(IPAdapterError, ValueError):
     """InsightFace found no face in a reference image (at any detection size)."""
+
+
+class DatasetError(IPAdapterError, ValueError):
+    """Training data that cannot be used as given (missing captions, unreadable images, malformed manifest lines)."""
+
+
+class TrainingSetupError(IPAdapterError, ValueError):
+    """Training or evaluation inputs that do not fit together (model folders, image encoder, options, checkpoints)."""

@@ -57,12 +57,13 @@ class AttnLayer:
 
 @dataclass(frozen=True)
 class UNetLayout:
-    """All cross-attention layers of one base family."""
+    """All cross-attention layers of one base family (or, `custom`, of one particular model read from its blocks)."""
 
     family: BaseFamily
     cross_attention_dim: int
     transformers: tuple[SpatialTransformerSpec, ...]
     layers: tuple[AttnLayer, ...]  # sorted by checkpoint index
+    custom: bool = False  # not a standard SD1.5 / SDXL table: layer-selective weight types do not apply
 
     @property
     def num_layers(self) -> int:
@@ -81,13 +82,15 @@ def _heads(family: BaseFamily, width: int) -> int:
     return SD15_HEADS if family is BaseFamily.SD15 else width // SDXL_HEAD_DIM
 
 
-def _diffusers_sort_key(spec: SpatialTransformerSpec) -> tuple[int, str]:
-    group = spec.diffusers_prefix.split(".", 1)[0]
-    return _DIFFUSERS_GROUP_ORDER[group], spec.diffusers_prefix
+def _diffusers_sort_key(spec: SpatialTransformerSpec) -> tuple[int, tuple[int, ...]]:
+    group, *rest = spec.diffusers_prefix.split(".")
+    # Numeric, so that "down_blocks.10" sorts after "down_blocks.2" in deep custom UNets.
+    return _DIFFUSERS_GROUP_ORDER[group], tuple(int(part) for part in rest if part.isdigit())
 
 
 def build_layout(
-    family: BaseFamily, cross_attention_dim: int, transformers: tuple[SpatialTransformerSpec, ...]
+    family: BaseFamily, cross_attention_dim: int, transformers: tuple[SpatialTransformerSpec, ...],
+    custom: bool = False,
 ) -> UNetLayout:
     """Number every transformer block of `transformers` the way diffusers' processor order does."""
     t_index = {spec: i for i, spec in enumerate(transformers)}
@@ -104,7 +107,7 @@ def build_layout(
                     diffusers_name=f"{spec.diffusers_prefix}.transformer_blocks.{j}.attn2.processor",
                 )
             )
-    return UNetLayout(family, cross_attention_dim, transformers, tuple(layers))
+    return UNetLayout(family, cross_attention_dim, transformers, tuple(layers), custom)
 
 
 def _st(block: str, number: int, depth: int, width: int, prefix: str) -> SpatialTransformerSpec:

@@ -67,7 +67,8 @@ class AdapterSpec:
         kind: "base", "light", "vit-g", "plus", "plus-face", "composition", "full-face", "faceid",
             "faceid-plus", "faceid-plusv2", "faceid-portrait" or "faceid-portrait-unnorm"; for DiT adapters
             "xlabs-v1", "xlabs-v2" (FLUX.1) or "instantx" (SD3.5 Large).
-        family: the base model family (from the layer count, 16 = SD1.5, 70 = SDXL; from the key layout for DiTs).
+        family: the base model family: from the context width when it is a known one (768 SD1.5, 2048 SDXL), else
+            from a standard layer count (16 SD1.5, 70 SDXL), else SD1.5; from the key layout for DiTs.
         projection: the image-projection architecture.
         clip_output: the CLIP output consumed, or None for FaceID models that use only the face embedding.
         clip_width: width of that CLIP output (E), or 0 when there is none.
@@ -77,6 +78,8 @@ class AdapterSpec:
         cross_attention_dim: the width the tokens live in (768 SD1.5, 2048 SDXL, 4096 FLUX.1, 2432 SD3.5 Large).
         lora_rank: rank of the embedded FaceID LoRA, or 0.
         shortcut: FaceID PlusV2 adds the ID tokens back after the resampler.
+        custom_layout: the layer count is not its family's standard one (16 SD1.5, 70 SDXL): an adapter trained for
+            a pruned or distilled UNet, whose layers Apply matches to the model's own cross-attention layers.
     """
 
     kind: str
@@ -90,6 +93,7 @@ class AdapterSpec:
     cross_attention_dim: int
     lora_rank: int = 0
     shortcut: bool = False
+    custom_layout: bool = False
 
     @property
     def encoder(self) -> str:
@@ -109,7 +113,8 @@ class AdapterSpec:
         """One line for logs and error messages."""
         encoder = f"{self.encoder} {self.clip_output.value}" if self.clip_output else "face ID only"
         unit = "blocks" if self.is_dit else "layers"
+        layers = f"{self.num_layers} {unit}, custom layout" if self.custom_layout else f"{self.num_layers} {unit}"
         return (
             f"{self.family.value} {self.kind} IP-Adapter ({self.projection.value}, {encoder}, "
-            f"{self.num_tokens} tokens, {self.num_layers} {unit})"
+            f"{self.num_tokens} tokens, {layers})"
         )

@@ -97,6 +97,10 @@ def layer_schedule(weight_type: str, layout: UNetLayout) -> Schedule:
     if weight_type in _SCALAR_TYPES:
         return _SCALAR_TYPES[weight_type](layout)
     if (layout.family, weight_type) in _SELECTIVE:
+        if layout.custom:
+            raise InvalidOptionError(
+                f"weight_type '{weight_type}' selects layers of the standard {layout.family.value} UNet, but this "
+                f"adapter has a custom layout ({layout.num_layers} layers); choose one of {', '.join(_SCALAR_TYPES)}.")
         return dict(_SELECTIVE[(layout.family, weight_type)])
     raise InvalidOptionError(f"Unknown weight_type '{weight_type}'; choose one of {', '.join(WEIGHT_TYPES)}.")
 

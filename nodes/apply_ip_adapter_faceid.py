@@ -72,12 +72,12 @@ class ApplyIPAdapterFaceID:
               lora_strength: float, weight_type: str, combine_images: str, start_at: float, end_at: float,
               embeds_scaling: str, attn_mask: torch.Tensor | None = None) -> tuple:
         _check_faceid(ipadapter)
-        check_model(model, ipadapter.adapter)
+        layout = check_model(model, ipadapter.adapter)
         check_embeds_scaling(embeds_scaling)  # fail before sampling, not inside it
         check_window(start_at, end_at)
         positive, negative = faceid_tokens(ipadapter.adapter, face_prompt, combine_images, weight_faceidv2,
                                            partial(project, ipadapter))
-        with_lora = apply_faceid_lora(model, ipadapter.adapter, lora_strength)
+        with_lora = apply_faceid_lora(model, ipadapter.adapter, lora_strength, layout)
         if weight == 0:  # the LoRA is independent of the weight
             return (with_lora if with_lora is not model else model.clone(),)
         return (apply_tokens(with_lora, ipadapter, positive, negative, weight, weight_type, start_at, end_at,

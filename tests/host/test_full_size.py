@@ -67,6 +67,7 @@ def test_official_adapters_fit_their_family_and_only_it(host_model, host_pack, c
     if checkpoint.layout.family.value == family:
         layout = check_model(model, adapter)
         assert layout.num_layers == checkpoint.layout.num_layers
+        assert not layout.custom  # the host's full-size UNet is recognised as the standard table
     else:
         with pytest.raises(core.IncompatibleModelError, match=f"{checkpoint.stem}.*{family}"):
             check_model(model, adapter)

@@ -12,7 +12,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ip_adapter import CheckpointFormatError, IPAdapter, UnsafeCheckpointError, load_ip_adapter, read_checkpoint
+from ip_adapter import (
+    BaseFamily,
+    CheckpointFormatError,
+    IPAdapter,
+    UnsafeCheckpointError,
+    load_ip_adapter,
+    read_checkpoint,
+)
 from tests.factories import (
     faceid_shapes,
     flat,
@@ -25,9 +32,9 @@ from tests.factories import (
 
 CROSS, EMBED, TOKENS, WIDTH = 8, 12, 4, 8
 SD15_LAYERS = 16
-LAST_SD15_KEY, FIRST_EXTRA_KEY = 31, 33
 HALF_LAYER_KEY, LORA_LAYER_KEY = 5, 3
-SDXL_CROSS = 2048
+SD15_CROSS, SDXL_CROSS = 768, 2048
+SDXL_LAYERS = 70
 SMALL_LORA_RANK = 2
 RESAMPLER_DIM, RESAMPLER_HEADS, RESAMPLER_QUERIES, RESAMPLER_DEPTH = 16, 2, 4, 2
 FACE_ID_DIM = 16
@@ -119,18 +126,6 @@ def test_mixed_file_dtypes_cast_to_the_requested_dtype(tmp_path: Path, dtype: to
 # --- bad inputs -----------------------------------------------------------------------------------------------------
 
 
-def _drop_layer(groups: Groups) -> Groups:
-    for proj in ("to_k_ip", "to_v_ip"):
-        del groups["ip_adapter"][f"{LAST_SD15_KEY}.{proj}.weight"]
-    return groups
-
-
-def _add_layer(groups: Groups) -> Groups:
-    for proj in ("to_k_ip", "to_v_ip"):
-        groups["ip_adapter"][f"{FIRST_EXTRA_KEY}.{proj}.weight"] = torch.zeros(WIDTH, CROSS)
-    return groups
-
-
 def _drop_to_v_ip(groups: Groups) -> Groups:
     del groups["ip_adapter"][f"{HALF_LAYER_KEY}.to_v_ip.weight"]
     return groups
@@ -149,10 +144,6 @@ def _wrong_norm_shape(groups: Groups) -> Groups:
 def _unknown_projection(groups: Groups) -> Groups:
     groups["image_proj"] = {"weird.weight": torch.zeros(2, 2)}
     return groups
-
-
-def _sd15_layers_sdxl_width(groups: Groups) -> Groups:
-    return random_groups(image_proj_shapes(SDXL_CROSS, EMBED, TOKENS), [WIDTH] * SD15_LAYERS, SDXL_CROSS)
 
 
 def _sft(edit: Callable[[Groups], Groups]) -> Callable[[Path], Path]:
@@ -207,10 +198,6 @@ BAD_FILES = [
             ("UNet", "model.diffusion_model.")),
     BadFile("clip-vision", "CLIP-ViT-H-14.safetensors",
             _raw_safetensors({"vision_model.embeddings.class_embedding": (4,)}), ("CLIP vision",)),
-    BadFile("one-layer-short", "ip-adapter_sd15.safetensors", _sft(_drop_layer),
-            ("15 cross-attention layers", f"missing [{LAST_SD15_KEY}]")),
-    BadFile("one-layer-extra", "ip-adapter_sd15.safetensors", _sft(_add_layer),
-            ("17 cross-attention layers", f"extra [{FIRST_EXTRA_KEY}]")),
     BadFile("missing-to_v_ip", "ip-adapter_sd15.safetensors", _sft(_drop_to_v_ip),
             (f"layer {HALF_LAYER_KEY} lacks ['to_v_ip']",)),
     BadFile("unknown-layer-key", "ip-adapter_sd15.safetensors", _sft(_unknown_layer_key),
@@ -225,8 +212,6 @@ BAD_FILES = [
             ("image_proj", "norm.bias")),
     BadFile("unknown-projection", "ip-adapter_sd15.safetensors", _sft(_unknown_projection),
             ("unknown image projection", "weird.weight")),
-    BadFile("sd15-layers-sdxl-width", "mixed.safetensors", _sft(_sd15_layers_sdxl_width),
-            ("SD1.5 layer count (16)", "SDXL context width (2048)")),
 ]
 
 
@@ -240,6 +225,91 @@ def test_bad_input_raises_pack_error_naming_the_file(tmp_path: Path, case: BadFi
     for fragment in case.says:
         assert fragment in message
     assert not isinstance(info.value, UnsafeCheckpointError)
+
+
+# --- layer counts: any gap-free run of odd indices is a layout (standard or custom); anything else is refused -----
+
+
+def _odd(n: int) -> list[int]:
+    """The indices of n cross-attention layers: 1, 3, ..., 2n-1."""
+    return list(range(1, 2 * n, 2))
+
+
+def _at_indices(indices: list[int], cross: int = CROSS) -> Groups:
+    """An adapter whose layers sit at exactly `indices`."""
+    groups = random_groups(image_proj_shapes(cross, EMBED, TOKENS), [WIDTH] * len(indices), cross)
+    layers = groups["ip_adapter"]
+    groups["ip_adapter"] = {f"{i}.{proj}.weight": layers[f"{2 * n + 1}.{proj}.weight"]
+                            for n, i in enumerate(indices) for proj in ("to_k_ip", "to_v_ip")}
+    return groups
+
+
+@dataclass(frozen=True)
+class BadLayers:
+    """Layer indices no exporter writes, and what the message must name: the count found and what was expected."""
+
+    id: str
+    indices: list[int]
+    says: tuple[str, ...]
+
+
+BAD_LAYERS = [
+    BadLayers("inner-gap-sd15", [i for i in _odd(16) if i != 13],
+              ("15 cross-attention layers", "up to index 31, 16 layers", "missing [13]", "extra none")),
+    BadLayers("first-layer-missing", _odd(16)[1:], ("15 cross-attention layers", "up to index 31", "missing [1]")),
+    BadLayers("gap-in-a-custom-count", [i for i in _odd(10) if i != 9],
+              ("9 cross-attention layers", "up to index 19, 10 layers", "missing [9]", "extra none")),
+    BadLayers("even-index", _odd(15) + [32], ("16 cross-attention layers", "missing [31]", "extra [32]")),
+    BadLayers("even-indices", list(range(2, 34, 2)),  # (from index 0 it would be InstantX FLUX.1's layout)
+              ("16 cross-attention layers", "missing [1, 3, 5, 7, ..., 29, 31]", "extra [2, 4, 6, 8, ..., 30, 32]")),
+    BadLayers("sdxl-with-gaps", [i for i in _odd(SDXL_LAYERS) if i not in (41, 43, 45)],
+              ("67 cross-attention layers", "up to index 139, 70 layers", "missing [41, 43, 45]", "extra none")),
+]
+
+
+@pytest.mark.parametrize("case", BAD_LAYERS, ids=lambda c: c.id)
+def test_layer_gaps_fail_naming_the_count_found_and_expected(tmp_path: Path, case: BadLayers) -> None:
+    path = _save_safetensors(tmp_path / "ip-adapter_sd15.safetensors", flat(_at_indices(case.indices)))
+    with pytest.raises(CheckpointFormatError) as info:
+        load_ip_adapter(path)
+    message = str(info.value)
+    assert message.startswith("'ip-adapter_sd15.safetensors': ")
+    for fragment in (*case.says, "SD1.5 adapters have 16 layers, SDXL adapters 70", "download or export it again"):
+        assert fragment in message
+
+
+def test_a_layer_group_without_layers_fails(tmp_path: Path) -> None:
+    groups = _groups()
+    groups["ip_adapter"] = {k: torch.zeros(shape) for k, shape in lora_shapes([WIDTH], CROSS, SMALL_LORA_RANK).items()}
+    with pytest.raises(CheckpointFormatError, match=r"'lora-only\.safetensors'.* no cross-attention layers"):
+        load_ip_adapter(_save_safetensors(tmp_path / "lora-only.safetensors", flat(groups)))
+
+
+@pytest.mark.parametrize(
+    ("layers", "cross", "family"),
+    [(1, CROSS, BaseFamily.SD15), (10, CROSS, BaseFamily.SD15), (SD15_LAYERS - 1, CROSS, BaseFamily.SD15),
+     (SD15_LAYERS + 1, CROSS, BaseFamily.SD15), (SD15_LAYERS, SDXL_CROSS, BaseFamily.SDXL),
+     (SDXL_LAYERS, SD15_CROSS, BaseFamily.SD15), (SDXL_LAYERS + 1, SDXL_CROSS, BaseFamily.SDXL)],
+    ids=["1", "10", "15", "17", "16-at-sdxl-width", "70-at-sd15-width", "71-at-sdxl-width"])
+def test_gap_free_odd_runs_load_as_a_custom_layout(tmp_path: Path, layers: int, cross: int,
+                                                   family: BaseFamily) -> None:
+    """Adapters trained for pruned or distilled UNets have their own layer count, and a pruned SDXL UNet may have
+    16 layers: the loader accepts any gap-free run of odd indices 1, 3, ..., 2n-1, takes the family from a known
+    context width, and leaves the check against the model's cross-attention layers to Apply."""
+    path = _save_safetensors(tmp_path / "pruned.safetensors", flat(_at_indices(_odd(layers), cross)))
+    adapter = load_ip_adapter(path)
+    assert (adapter.spec.family, adapter.spec.num_layers, adapter.spec.custom_layout) == (family, layers, True)
+    assert adapter.layers.ip_indices == _odd(layers)
+    assert f"{layers} layers, custom layout" in adapter.spec.describe()
+
+
+@pytest.mark.parametrize(("layers", "cross", "family"), [(SD15_LAYERS, CROSS, BaseFamily.SD15),
+                                                         (SD15_LAYERS, SD15_CROSS, BaseFamily.SD15),
+                                                         (SDXL_LAYERS, SDXL_CROSS, BaseFamily.SDXL)],
+                         ids=["sd15-tiny-width", "sd15", "sdxl"])
+def test_standard_layer_counts_are_not_custom(tmp_path: Path, layers: int, cross: int, family: BaseFamily) -> None:
+    adapter = load_ip_adapter(_save_safetensors(tmp_path / "a.safetensors", flat(_at_indices(_odd(layers), cross))))
+    assert (adapter.spec.family, adapter.spec.num_layers, adapter.spec.custom_layout) == (family, layers, False)
 
 
 def _drop_image_proj_key(image_proj: dict, key: str) -> Callable[[Groups], Groups]:

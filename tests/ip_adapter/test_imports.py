@@ -26,14 +26,15 @@ def _dynamic_target(node: ast.Call) -> str | None:
     return None
 
 
-def forbidden_imports(source: str) -> list[str]:
-    """Every host import or package-escaping relative import in `source`, as readable strings."""
+def forbidden_imports(source: str, max_level: int = MAX_RELATIVE_LEVEL) -> list[str]:
+    """Every host import or package-escaping relative import in `source`, as readable strings (`max_level`: the
+    deepest relative import that stays inside `ip_adapter`, 1 plus the module's subpackage depth)."""
     found = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             found += [f"import {a.name}" for a in node.names if _top(a.name) in HOST_MODULES]
         elif isinstance(node, ast.ImportFrom):
-            if node.level > MAX_RELATIVE_LEVEL:
+            if node.level > max_level:
                 found.append(f"from {'.' * node.level}{node.module or ''} import ...")
             elif node.level == 0 and _top(node.module or "") in HOST_MODULES:
                 found.append(f"from {node.module} import ...")
@@ -43,7 +44,26 @@ def forbidden_imports(source: str) -> list[str]:
 
 
 def _package_files() -> list[Path]:
-    return sorted(PACKAGE_DIR.glob("*.py"))
+    return sorted(PACKAGE_DIR.rglob("*.py"))
+
+
+def _max_level(path: Path) -> int:
+    return MAX_RELATIVE_LEVEL + len(path.relative_to(PACKAGE_DIR).parts) - 1
+
+
+#: Optional packages (training, evaluation): imported where used, never when a module is imported.
+OPTIONAL_MODULES = frozenset({"accelerate", "tensorboard", "diffusers", "transformers", "PIL", "tqdm", "webdataset"})
+
+
+def module_level_imports(source: str) -> set[str]:
+    """Top-level package names imported by the module's own top-level statements (not inside functions)."""
+    names = set()
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Import):
+            names |= {_top(a.name) for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names.add(_top(node.module or ""))
+    return names
 
 
 def test_package_files_are_found() -> None:
@@ -51,9 +71,20 @@ def test_package_files_are_found() -> None:
     assert {"__init__.py", "attention.py", "checkpoint.py", "layout.py"} <= names
 
 
-@pytest.mark.parametrize("path", _package_files(), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", _package_files(), ids=lambda p: p.relative_to(PACKAGE_DIR).as_posix())
 def test_core_module_has_no_host_import(path: Path) -> None:
-    assert forbidden_imports(path.read_text(encoding="utf-8")) == []
+    assert forbidden_imports(path.read_text(encoding="utf-8"), _max_level(path)) == []
+
+
+@pytest.mark.parametrize("path", _package_files(), ids=lambda p: p.relative_to(PACKAGE_DIR).as_posix())
+def test_optional_packages_are_imported_only_where_used(path: Path) -> None:
+    assert module_level_imports(path.read_text(encoding="utf-8")) & OPTIONAL_MODULES == set()
+
+
+def test_subpackages_are_checked() -> None:
+    names = {p.relative_to(PACKAGE_DIR).as_posix() for p in _package_files()}
+    assert {"train/loop.py", "evaluate/cli.py"} <= names
+    assert _max_level(PACKAGE_DIR / "train" / "loop.py") == 2
 
 
 @pytest.mark.parametrize(
