@@ -54,6 +54,8 @@ class Attn2Patch:
     def __init__(self, index: int, contributions: tuple[Contribution, ...], attention: HostAttention,
                  base: ForeignPatch | None = None) -> None:
         self.index, self.contributions, self.attention, self.base = index, contributions, attention, base
+        #: Which stacked contributions this patch holds (shared by its re-based copies): its key in a CallState.
+        self.state_key = id(contributions)
 
     @property
     def entries(self) -> tuple[AdapterEntry, ...]:
@@ -69,7 +71,7 @@ class Attn2Patch:
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra: dict) -> torch.Tensor:
         heads = extra["n_heads"]
-        terms = self.call_state(q, extra).terms(self.index, q, extra)
+        terms = self.call_state(q, extra).terms(self.state_key, q, extra)
         base = self.base
         text = (lambda a, b, c, h: base(a, b, c, extra)) if base is not None else None
         out = decoupled_attention(q, k, v, heads, terms, lambda a, b, c, h: self.attention(a, b, c, h, extra), text)
@@ -79,7 +81,7 @@ class Attn2Patch:
         """The model call's prepared state (built once per call by the host glue before the UNet runs), or, for a
         call made without it (direct calls, an unexpected grid, dtype or device), this layer's own, prepared now."""
         state = extra.get(CALL_STATE_KEY)
-        if state is not None and state.fits(self.index, q):
+        if state is not None and state.fits(self.state_key, q):
             return state
         latent_hw = tuple(extra["original_shape"][-2:])
         return plan_of(extra).call_state((self,), extra, q.shape[0], latent_hw, q.device, q.dtype, (q.shape[1],))

@@ -72,7 +72,9 @@ class CallState:
     `device` in `dtype`.
 
     Attributes:
-        layers: layer checkpoint index -> its prepared terms, oldest Apply first.
+        layers: a patch's state key (Attn2Patch.state_key: which stacked contributions it holds) -> its prepared
+            terms, oldest Apply first. Patches made from other contributions (another model's, a tool's) find no
+            entry and prepare their own.
     """
 
     layers: Mapping[int, tuple[PreparedTerm, ...]]
@@ -80,13 +82,14 @@ class CallState:
     device: torch.device
     dtype: torch.dtype
 
-    def fits(self, index: int, q: torch.Tensor) -> bool:
-        """Whether this state was prepared for `q` at layer `index` (else the patch prepares that layer itself)."""
-        if index not in self.layers or q.shape[0] != self.batch or q.dtype != self.dtype or q.device != self.device:
+    def fits(self, key: int, q: torch.Tensor) -> bool:
+        """Whether this state was prepared for the patch with state key `key` and queries `q` (else the patch
+        prepares its layer itself)."""
+        if key not in self.layers or q.shape[0] != self.batch or q.dtype != self.dtype or q.device != self.device:
             return False
-        return all(p.scales is None or q.shape[1] in p.scales for p in self.layers[index])
+        return all(p.scales is None or q.shape[1] in p.scales for p in self.layers[key])
 
-    def terms(self, index: int, q: torch.Tensor, extra: dict) -> list[ImageTerm]:
-        """The image terms of layer `index` for queries `q` (B, Nq, C); `extra` is the layer's transformer options
-        (unused here; instrumentation reads it)."""
-        return [p.term(q.shape[1]) for p in self.layers[index]]
+    def terms(self, key: int, q: torch.Tensor, extra: dict) -> list[ImageTerm]:
+        """The image terms of the patch with state key `key` for queries `q` (B, Nq, C); `extra` is the layer's
+        transformer options (unused here; instrumentation reads it)."""
+        return [p.term(q.shape[1]) for p in self.layers[key]]

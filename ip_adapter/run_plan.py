@@ -133,7 +133,7 @@ class RunPlan:
         for patch in patches:
             prepared = (self.prepare(patch.index, c.entry, c.rule, extra, batch, latent_hw, counts, device, dtype,
                                      gated) for c in patch.contributions)
-            layers[patch.index] = tuple(p for p in prepared if p is not None)
+            layers[patch.state_key] = tuple(p for p in prepared if p is not None)
         return CallState(layers, batch, torch.device(device), dtype)
 
     def prepare(self, index: int, entry: AdapterEntry, rule: LayerRule, extra: dict, batch: int,

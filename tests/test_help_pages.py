@@ -30,9 +30,3 @@ def test_the_pack_serves_its_web_directory() -> None:
     source = (ROOT / "__init__.py").read_text()
     assert 'WEB_DIRECTORY = "./web"' in source and (ROOT / "web" / "docs").is_dir()
 
-
-def test_the_host_serves_the_help_pages(host_pack) -> None:
-    import nodes
-
-    served = {Path(path).resolve() for path in nodes.EXTENSION_WEB_DIRS.values()}
-    assert (ROOT / "web").resolve() in served

@@ -44,7 +44,7 @@ def run(index: int, entries: tuple[DiTEntry, ...], args: dict, original, context
         return out
     block = context.diffusion_model.double_blocks[index]
     q = image_queries(block, img_in, args["vec"])
-    rows, layout = plan.row_index(to, q), plan.layout(to, q.shape[0])
+    rows, layout = plan.row_index(to, q.shape[0], q.device), plan.layout(to, q.shape[0])
     img = out["img"]
     for entry, w in weighted:
         k, v = entry.image_kv(index, rows, q.device, q.dtype)

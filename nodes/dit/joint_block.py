@@ -38,7 +38,7 @@ def _ip_terms(index: int, weighted: list, raw: tuple, plan: RunPlan, heads: int,
               attention: AttentionFn) -> torch.Tensor:
     """Sum of `weight * mask * JointIPAttn` over the active entries. Shape: (B, L, hidden)."""
     q_raw, k_raw, v = raw
-    rows, layout = plan.row_index(to, q_raw), plan.layout(to, q_raw.shape[0])
+    rows, layout = plan.row_index(to, q_raw.shape[0], q_raw.device), plan.layout(to, q_raw.shape[0])
     total = torch.zeros_like(q_raw)
     for entry, w in weighted:
         adapter = entry.adapter

@@ -45,10 +45,10 @@ def test_node_has_description_tooltips_and_a_help_page(node_id: str, host_pack) 
 
 
 def _documented(name: str, text: str) -> bool:
-    """`name` appears in bold or as the first cell of a table row (numbered inputs such as weight_2 may be written as
-    one "weight_1 … 4" entry)."""
+    """`name` appears in bold or in backticks in the first cell of a table row (numbered inputs such as weight_2 may
+    be written as one "weight_1 … 4" entry)."""
     stem = re.escape(re.sub(r"_\d+$", "_", name))
-    return re.search(r"\*\*[^*]*" + stem + r"|^\| (`\w+` / )?`" + stem, text, flags=re.M) is not None
+    return re.search(r"\*\*[^*]*" + stem + r"|^\|[^|\n]*`" + stem, text, flags=re.M) is not None
 
 
 def test_every_help_page_belongs_to_a_node() -> None:
@@ -60,3 +60,4 @@ def test_the_host_serves_the_web_directory(host_pack) -> None:
 
     served = nodes.EXTENSION_WEB_DIRS.get(host_pack.folder_name)
     assert served is not None and Path(served).resolve() == (PACK_DIR / "web").resolve()
+

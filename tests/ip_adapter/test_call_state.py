@@ -67,7 +67,7 @@ def test_a_state_for_another_grid_falls_back_to_the_layer(adapter) -> None:
     q, k, v = _qkv(2)
     extra = _extra([0, 1], plan=plan)
     extra[CALL_STATE_KEY] = plan.call_state((patch,), extra, 2, GRID, q.device, q.dtype, num_queries=(QUERIES + 1,))
-    assert not extra[CALL_STATE_KEY].fits(patch.index, q)
+    assert not extra[CALL_STATE_KEY].fits(patch.state_key, q)
     assert (patch(q, k, v, extra) - patch(q, k, v, _extra([0, 1], plan=plan))).abs().max() <= BOUND
 
 
