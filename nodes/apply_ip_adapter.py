@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import comfy.model_patcher
 import torch
 
 from ..ip_adapter import COMBINE_METHODS, EMBEDS_SCALING, ImageKV, ImagePrompt, IncompatibleEncodingError, combine
@@ -100,8 +101,19 @@ def apply_tokens(model, loaded: LoadedAdapter, positive: torch.Tensor, negative:
     """
     layout = check_model(model, loaded.adapter)
     sampling = model.get_model_object("model_sampling")
+    rules = layer_rules(weight_type, layout)
     kv = ImageKV(loaded.adapter, positive, negative, loaded.adapter.spec.num_tokens)
     entry = AdapterEntry(loaded.adapter, kv, weight, start_at, end_at, embeds_scaling, as_mask_batch(attn_mask),
-                         SigmaWindow.of(sampling.percent_to_sigma, start_at, end_at), (loaded.patcher,),
+                         SigmaWindow.of(sampling.percent_to_sigma, start_at, end_at), (kv_holder(model, kv, rules),),
                          None if frame_weights is None else tuple(float(w) for w in frame_weights))
-    return patch_model(model, layout, entry, layer_rules(weight_type, layout))
+    return patch_model(model, layout, entry, rules)
+
+
+def kv_holder(model, kv: ImageKV, rules: dict) -> comfy.model_patcher.ModelPatcher:
+    """The image K/V of every layer the entry patches, computed now in the model's compute dtype and handed to the
+    host's model management (loaded, offloaded and counted with the model). The adapter's weights are not needed
+    again for sampling, so they are not loaded with the model."""
+    base = model.model
+    dtype = base.manual_cast_dtype or base.get_dtype()
+    tables = kv.precompute([i for i, rule in rules.items() if rule.factor != 0], dtype, model.offload_device)
+    return comfy.model_patcher.ModelPatcher(tables, load_device=model.load_device, offload_device=model.offload_device)

@@ -82,8 +82,12 @@ def _per_call_rows(bench: Bench, repeats: int) -> list[Row]:
     extra = _call_extra(0)
     calls = {"host attention": lambda: attention.optimized_attention(q, k, v, 8)}
     for name, model in patches.items():
-        patch = model.model_options["transformer_options"]["patches_replace"]["attn2"][("input", 1, 0)]
-        calls[name] = lambda p=patch: p(q, k, v, dict(extra))
+        table = model.model_options["transformer_options"]["patches_replace"]["attn2"]
+        patch = table.get(("input", 1, 0), table.get(("input", 1)))  # the peer keys SD1.5 layers without an index
+        call_extra = dict(extra)
+        if name == "ours":  # as in sampling: the model call's state is prepared once, before the layers run
+            call_extra[bench.pack.module.ip_adapter.call_state.CALL_STATE_KEY] = patch.call_state(q, call_extra)
+        calls[name] = lambda p=patch, e=call_extra: p(q, k, v, e)
     loops = {name: (lambda fn=fn: [fn() for _ in range(CALLS)]) for name, fn in calls.items()}
     with torch.inference_mode():
         times = interleaved(loops, repeats, bench.device)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import torch
 
-from ip_adapter import ClipEncoding, ImagePrompt
 from tests.factories import OFFICIAL, materialize
 
 from ..harness import Bench, Row, interleaved, ratio_row
@@ -63,7 +62,10 @@ def _adapter_file(bench: Bench, stem: str) -> str:
     return name
 
 
-def _prompt(kind: str) -> ImagePrompt:
+def _prompt(bench: Bench):
+    """Random encodings at ViT-H widths, built with the pack's own classes (the host loads the pack as a module of its
+    own, whose enums are not those of a plain `import ip_adapter`)."""
+    ClipEncoding, ImagePrompt = bench.pack.module.ip_adapter.ClipEncoding, bench.pack.module.ip_adapter.ImagePrompt
     g = torch.Generator().manual_seed(2)
     embeds = torch.randn(1, 1024, generator=g)
     hidden = torch.randn(1, 257, 1280, generator=g)
@@ -87,7 +89,7 @@ def rows(bench: Bench, repeats: int) -> list[Row]:
     for stem in TARGETS:
         with torch.inference_mode():
             adapter = load.load(_adapter_file(bench, stem))[0]
-            variants[stem] = apply.apply(base, adapter, _prompt(stem), 0.8, "linear", "concat", 0.0, 1.0,
+            variants[stem] = apply.apply(base, adapter, _prompt(bench), 0.8, "linear", "concat", 0.0, 1.0,
                                          "V only")[0]
     times = interleaved({k: (lambda m=m: models.sample(m, positive, negative, STEPS, size=LATENT))
                          for k, m in variants.items()}, max(2, repeats // 2), bench.device)

@@ -90,3 +90,24 @@ def test_start_after_end_is_refused_at_apply(nodes, plus, tiny_sd15, tiny_clip_v
     loaded = nodes.load.load(filename)[0]
     with pytest.raises(nodes.core.InvalidOptionError, match="start_at"):
         apply(nodes, tiny_sd15.patcher, loaded, _prompt(nodes, tiny_clip_vision), 0.5, start_at=0.8, end_at=0.2)
+
+
+def test_the_host_counts_and_moves_the_image_kv_not_the_adapter(nodes, plus, tiny_sd15, tiny_clip_vision):
+    """What the host's model management loads with the patched model is the K/V of every patched layer (exactly
+    their bytes), in the model's dtype, as frozen parameters; the adapter's weights are not needed for sampling."""
+    import comfy.model_management as mm
+
+    _, filename = plus
+    loaded = nodes.load.load(filename)[0]
+    model = apply(nodes, tiny_sd15.patcher, loaded, _prompt(nodes, tiny_clip_vision), 0.7)
+    extra = {id(m): m for m in model.model_patches_models()}
+    assert loaded.patcher not in extra.values()
+    (holder,) = extra.values()
+    tables = holder.model
+    layers = len(model.model_options["transformer_options"]["patches_replace"]["attn2"])
+    assert len(tables.k) == len(tables.v) == layers
+    expected = sum(t.numel() * t.element_size() for t in tables.parameters())
+    assert holder.model_size() == expected > 0
+    assert all(t.dtype == tiny_sd15.patcher.model.get_dtype() and not t.requires_grad for t in tables.parameters())
+    mm.load_models_gpu([model])
+    assert all(t.device == model.load_device for t in tables.parameters())

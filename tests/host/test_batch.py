@@ -107,24 +107,26 @@ def test_masks_map_frame_by_frame(setup, tiny_clip_vision) -> None:
 
 
 def test_image_kv_is_computed_once_per_frame_not_per_step(setup, tiny_clip_vision, host_pack, monkeypatch) -> None:
+    """Apply computes every patched layer's K/V once, for every frame's image at once; sampling computes none."""
     import comfy.sample
 
     nodes, batch, adapter, images, unet = setup
-    model = _batch(batch, unet.patcher, adapter, _encode(nodes, tiny_clip_vision, images), 1.0)
     calls: list[int] = []
     adapter_cls = type(adapter.adapter)
     original = adapter_cls.project_kv
     monkeypatch.setattr(adapter_cls, "project_kv",
                         lambda self, index, tokens, *a, **k: calls.append(tokens.shape[0]) or original(
                             self, index, tokens, *a, **k))
+    model = _batch(batch, unet.patcher, adapter, _encode(nodes, tiny_clip_vision, images), 1.0)
+    layers = len(model.model_options["transformer_options"]["patches_replace"]["attn2"])
+    assert len(calls) == layers  # once per layer, at Apply, for the whole batch
+    assert set(calls) == {FRAMES + 1}  # every frame's image plus the one shared reference negative
     cond, uncond = text_conds(unet)
     for _ in range(2):  # two runs of two steps
         with torch.inference_mode():
             comfy.sample.sample(model, _frames(FRAMES), 2, 1.0, "euler", "normal", cond.comfy(), uncond.comfy(),
                                 torch.zeros(FRAMES, 4, LATENT_SIDE, LATENT_SIDE), seed=0, disable_pbar=True)
-    layers = len(model.model_options["transformer_options"]["patches_replace"]["attn2"])
-    assert len(calls) == layers  # once per layer for the whole batch: not per step, not per run
-    assert set(calls) == {FRAMES + 1}  # every frame's image plus the one shared reference negative
+    assert len(calls) == layers  # not per step, not per run
 
 
 def test_frame_weights_node_in_the_executor(host_graph) -> None:

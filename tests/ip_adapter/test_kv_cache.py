@@ -93,3 +93,26 @@ def test_half_weights_on_the_cpu_are_projected_in_float32(kv_setup: tuple) -> No
     k, v = ImageKV(half, positive, negative).get(3, "cpu", torch.float32)
     weight = half.layers["3"]["to_k_ip"].weight.float()
     assert (k[0] - positive[0] @ weight.T).abs().max() <= 1e-6
+
+
+def test_precomputed_tables_are_served_without_a_copy_or_a_projection(kv_setup) -> None:
+    adapter, kv, _, _ = kv_setup
+    expected = adapter.project_kv(3, kv.tokens, torch.float32)
+    tables = kv.precompute([1, 3], torch.float32, "cpu")
+    calls = _count_calls(adapter, 3)
+    k, v = kv.get(3, torch.device("cpu"), torch.float32)
+    assert k is tables.k["3"] and v is tables.v["3"] and not calls
+    assert torch.equal(k, expected[0]) and torch.equal(v, expected[1])
+    assert {name for name, _ in tables.named_parameters()} == {"k.1", "k.3", "v.1", "v.3"}
+    assert not any(p.requires_grad for p in tables.parameters())
+
+
+def test_another_dtype_is_cast_from_the_tables_and_a_missing_layer_is_computed(kv_setup) -> None:
+    adapter, kv, _, _ = kv_setup
+    tables = kv.precompute([3], torch.float32, "cpu")
+    calls = _count_calls(adapter, 3)
+    k, _ = kv.get(3, torch.device("cpu"), torch.float64)
+    assert k.dtype == torch.float64 and torch.equal(k, tables.k["3"].double()) and not calls
+    missing = _count_calls(adapter, 5)
+    kv.get(5, torch.device("cpu"), torch.float32)
+    assert missing == [1]
