@@ -218,16 +218,19 @@ def test_loader_reuses_a_loaded_file_and_hooks_follow_the_host(nodes, sd15_setup
     assert nodes.load.load(filename)[0] is nodes.load.load(filename)[0]
     patch = next(iter(_attn2(apply(nodes, unet.patcher, adapter, prompt)).values()))
     assert patch.to(torch.float16) is patch and adapter.adapter.dtype == torch.float32
-    assert patch.models() == [adapter.patcher]
+    (holder,) = patch.models()  # the entry's image K/V, not the adapter: its weights are not needed for sampling
+    assert holder.model is patch.entries[0].kv.tables
 
 
-def test_adapter_weights_are_loaded_by_the_host_model_management(nodes, sd15_setup):
+def test_image_kv_is_loaded_by_the_host_model_management(nodes, sd15_setup):
     import comfy.model_management as mm
 
     unet, _, adapter, prompt = sd15_setup
-    _eps(apply(nodes, unet.patcher, adapter, prompt).clone().clone(), unet)
+    model = apply(nodes, unet.patcher, adapter, prompt)
+    (holder,) = {id(m): m for m in model.model_patches_models()}.values()
+    _eps(model.clone().clone(), unet)
     loaded = [m.model for m in mm.current_loaded_models]
-    assert any(m is adapter.patcher for m in loaded)  # the very patcher the loader made, not a clone's copy
+    assert any(m is holder for m in loaded)  # the very holder Apply made, not a clone's copy
 
 
 def test_unknown_embeds_scaling_fails_before_sampling(nodes, sd15_setup):
