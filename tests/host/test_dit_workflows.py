@@ -23,11 +23,11 @@ from tests.host import graph
 from tests.host.dit_setup import *  # noqa: F403  (fixtures)
 from tests.host.dit_setup import conds
 from tests.host.tiny_dit import tiny_taesd16_state_dict
+from tests.host.workflow_runner import ui_to_api
 
 WORKFLOWS = Path(__file__).parents[2] / "workflows"
 FILES = {"flux": "ip_adapter_flux_xlabs.json", "sd35": "ip_adapter_sd35_large_instantx.json"}
 MODEL_NODE, VISION_NODE, TEXT_NODE = "IPAHarnessDiTModel", "IPAHarnessDiTVision", "IPAHarnessDiTConditioning"
-FRONTEND_ONLY = {"Note", "MarkdownNote"}
 TEXT_LOADERS = {"DualCLIPLoader", "TripleCLIPLoader"}
 STEPS, PIXELS = 2, 64
 EXACT, MIN_EFFECT = 1e-6, 1e-3
@@ -65,41 +65,6 @@ class HarnessDiTConditioning:
 
     def make(self, kind: str, seed: int) -> tuple:
         return (conds(kind, seed).comfy(),)
-
-
-def _widgets(cls) -> list[tuple[str, dict]]:
-    types = cls.INPUT_TYPES()
-    out = []
-    for name, spec in {**types.get("required", {}), **types.get("optional", {})}.items():
-        options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-        if (isinstance(spec[0], (list, tuple)) or spec[0] in {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}) and \
-                not options.get("forceInput"):
-            out.append((name, options))
-    return out
-
-
-def ui_to_api(workflow: dict) -> dict:
-    """A v0.4 UI workflow as the frontend sends it: links -> [id, slot], widget values in INPUT_TYPES order (one extra
-    UI-only value after control_after_generate / image_upload widgets), frontend-only nodes dropped."""
-    import nodes
-
-    links = {link[0]: link for link in workflow["links"]}
-    prompt = {}
-    for node in workflow["nodes"]:
-        if node["type"] in FRONTEND_ONLY:
-            continue
-        cls = nodes.NODE_CLASS_MAPPINGS[node["type"]]
-        inputs = {i["name"]: [str(links[i["link"]][1]), links[i["link"]][2]] for i in node.get("inputs", [])
-                  if i.get("link") is not None}
-        values = list(node.get("widgets_values", []))
-        for name, options in _widgets(cls):
-            value = values.pop(0)
-            inputs.setdefault(name, value)
-            if options.get("control_after_generate") or options.get("image_upload"):
-                values.pop(0)
-        assert not values, (node["type"], values)
-        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
-    return prompt
 
 
 def _by_type(prompt: dict, class_type: str) -> list[str]:

@@ -12,10 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.contract import FRONTEND_ONLY
 from tests.faceid_standins import Face, face_photo, require_faceid
 from tests.host import graph
 from tests.host.faceid_setup import faceid_groups, standin_pack
+from tests.host.workflow_runner import ui_to_api
 
 require_faceid()
 
@@ -25,41 +25,7 @@ WORKFLOWS = Path(__file__).parents[2] / "workflows"
 FACEID, PLUSV2 = "ip_adapter_faceid_sd15.json", "ip_adapter_faceid_plusv2_sd15.json"
 KIND = {FACEID: "faceid", PLUSV2: "faceid-plusv2"}
 PIXELS, STEPS = 64, 2
-WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 MIN_EFFECT = 1e-2
-
-
-def _widget(spec: tuple) -> tuple[bool, dict]:
-    options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-    is_widget = isinstance(spec[0], (list, tuple)) or spec[0] in WIDGET_TYPES
-    return is_widget and not options.get("forceInput", False), options
-
-
-def to_api(workflow: dict) -> dict:
-    """UI (v0.4) -> API prompt as the frontend's graphToPrompt builds it: frontend-only nodes (Note) and muted or
-    bypassed nodes left out, links as [source id, slot], widget values in INPUT_TYPES order (a seed's
-    control_after_generate and an image upload widget carry one extra UI-only value)."""
-    import nodes
-
-    links = {link[0]: link for link in workflow["links"]}
-    prompt = {}
-    for node in workflow["nodes"]:
-        if node["type"] in FRONTEND_ONLY or node.get("mode", 0) != 0:
-            continue
-        spec = nodes.NODE_CLASS_MAPPINGS[node["type"]].INPUT_TYPES()
-        linked = {i["name"]: links[i["link"]] for i in node.get("inputs", []) if i.get("link") is not None}
-        values, inputs = list(node.get("widgets_values", [])), {}
-        for name, entry in {**spec.get("required", {}), **spec.get("optional", {})}.items():
-            is_widget, options = _widget(entry)
-            if name in linked:
-                inputs[name] = [str(linked[name][1]), linked[name][2]]
-            elif is_widget:
-                inputs[name] = values.pop(0)
-                if options.get("control_after_generate") or options.get("image_upload"):
-                    values.pop(0)
-        assert not values, (node["type"], values)
-        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
-    return prompt
 
 
 def _ids(prompt: dict, class_type: str) -> list[str]:
@@ -101,7 +67,7 @@ def prepared(host_models, host_pack, tiny_sd15, tiny_clip_vision, comfy_host):
 
 
 def _run(runner: graph.GraphRunner, name: str, prepared, edit=None) -> tuple[dict, graph.GraphResult]:
-    prompt = with_stand_ins(to_api(json.loads((WORKFLOWS / name).read_text())), *prepared)
+    prompt = with_stand_ins(ui_to_api(json.loads((WORKFLOWS / name).read_text())), *prepared)
     if edit is not None:
         edit(prompt)
     return prompt, runner.run(prompt)
