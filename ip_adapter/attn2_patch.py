@@ -16,6 +16,7 @@ import torch
 from .attention import decoupled_attention, sdpa_attention
 from .call_state import CALL_STATE_KEY, CallState
 from .entry import AdapterEntry
+from .host_hooks import EntryHostHooks
 from .run_plan import plan_of
 from .weight_types import LayerRule
 
@@ -38,7 +39,7 @@ class Contribution:
     rule: LayerRule
 
 
-class Attn2Patch:
+class Attn2Patch(EntryHostHooks):
     """`(q, k, v, extra_options) -> out` in pre-`to_out` space.
 
     Args:
@@ -88,19 +89,3 @@ class Attn2Patch:
 
     def __deepcopy__(self, memo: dict) -> Attn2Patch:
         return self  # frozen inputs; sharing keeps one copy of the weights across clones
-
-    def to(self, device_or_dtype: torch.device | torch.dtype | str) -> Attn2Patch:
-        """Host hook: called with the load/offload device, then the UNet's storage dtype (ignored: terms are cast
-        to q's dtype at call time, so fp8 UNets never push the adapter into fp8)."""
-        if not isinstance(device_or_dtype, torch.dtype):
-            for entry in self.entries:
-                entry.keep_only(device_or_dtype)
-        return self
-
-    def models(self) -> list:
-        """Host hook: the objects to load and offload with the UNet (each once)."""
-        seen: dict[int, object] = {}
-        for entry in self.entries:
-            for owner in entry.owners:
-                seen.setdefault(id(owner), owner)
-        return list(seen.values())

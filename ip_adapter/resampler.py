@@ -35,7 +35,10 @@ class PerceiverAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         """x: (B, Nx, D) image features; latents: (B, Nl, D). Returns (B, Nl, D)."""
-        x, latents = self.norm1(x), self.norm2(latents)
+        return self.attend(self.norm1(x), self.norm2(latents))
+
+    def attend(self, x: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        """The attention of already normalised `x` (B, Nx, D) and `latents` (B, Nl, D). Returns (B, Nl, D)."""
         q = self._split(self.to_q(latents))
         k, v = (self._split(t) for t in self.to_kv(torch.cat((x, latents), dim=1)).chunk(2, dim=-1))
         # Scaling q and k by dh^-1/4 each (instead of the product by dh^-1/2) keeps fp16 logits in range; the

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-Shapes = dict[str, tuple[int, ...]]
+from tests.factories import Shapes, resampler_shapes
+
 #: Published sizes.
 FLUX_BLOCKS, FLUX_HIDDEN, T5_WIDTH, VIT_L_EMBEDS = 19, 3072, 4096, 768
 SD35_BLOCKS, SD35_HIDDEN, SD35_HEAD_DIM, SIGLIP_WIDTH = 38, 2432, 64, 1152
@@ -35,21 +36,13 @@ def xlabs_shapes(blocks: int, hidden: int, token_width: int, clip_width: int, to
 
 def time_resampler_shapes(dim: int, heads: int, queries: int, embed: int, out: int, temb_in: int,
                           depth: int = 4) -> Shapes:
-    """InstantX's `image_proj` group (layers.{i}.0 attention, .1 feed-forward, .2 adaLN)."""
-    inner = heads * 64
-    shapes: Shapes = {"latents": (1, queries, dim), "proj_in.weight": (dim, embed), "proj_in.bias": (dim,),
-                      "proj_out.weight": (out, dim), "proj_out.bias": (out,), "norm_out.weight": (out,),
-                      "norm_out.bias": (out,), "time_embedding.linear_1.weight": (dim, temb_in),
-                      "time_embedding.linear_1.bias": (dim,), "time_embedding.linear_2.weight": (dim, dim),
-                      "time_embedding.linear_2.bias": (dim,)}
+    """InstantX's `image_proj` group: the Plus resampler's (layers.{i}.0 attention, .1 feed-forward) plus a time
+    embedding and each layer's adaLN (.2)."""
+    shapes = resampler_shapes(dim, heads, queries, embed, out, depth)
+    shapes.update({"time_embedding.linear_1.weight": (dim, temb_in), "time_embedding.linear_1.bias": (dim,),
+                   "time_embedding.linear_2.weight": (dim, dim), "time_embedding.linear_2.bias": (dim,)})
     for i in range(depth):
-        p = f"layers.{i}."
-        for norm in ("0.norm1", "0.norm2", "1.0"):
-            shapes[f"{p}{norm}.weight"] = (dim,)
-            shapes[f"{p}{norm}.bias"] = (dim,)
-        shapes.update({f"{p}0.to_q.weight": (inner, dim), f"{p}0.to_kv.weight": (2 * inner, dim),
-                       f"{p}0.to_out.weight": (dim, inner), f"{p}1.1.weight": (4 * dim, dim),
-                       f"{p}1.3.weight": (dim, 4 * dim), f"{p}2.1.weight": (4 * dim, dim), f"{p}2.1.bias": (4 * dim,)})
+        shapes.update({f"layers.{i}.2.1.weight": (4 * dim, dim), f"layers.{i}.2.1.bias": (4 * dim,)})
     return shapes
 
 

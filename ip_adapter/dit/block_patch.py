@@ -17,6 +17,7 @@ from typing import Callable
 
 import torch
 
+from ..host_hooks import EntryHostHooks
 from .entry import DiTEntry
 
 #: transformer_options key of the per-call context (set by the host glue's guard wrapper).
@@ -69,7 +70,7 @@ def call_under(outer: tuple[DitPatch, ...], args: dict, extra: dict, inner: Call
     return outer[0](args, {**extra, "original_block": lambda a: call_under(outer[1:], a, extra, inner)})
 
 
-class DiTBlockPatch:
+class DiTBlockPatch(EntryHostHooks):
     """`(args, extra) -> {"img", "txt"}` at one block.
 
     Args:
@@ -120,19 +121,3 @@ class DiTBlockPatch:
 
     def __deepcopy__(self, memo: dict) -> DiTBlockPatch:
         return self  # frozen inputs; sharing keeps one copy of the weights across clones
-
-    def to(self, device_or_dtype: torch.device | torch.dtype | str) -> DiTBlockPatch:
-        """Host hook: the load/offload device, then the model's storage dtype (ignored: terms are cast to the
-        block's dtype at call time)."""
-        if not isinstance(device_or_dtype, torch.dtype):
-            for entry in self.entries:
-                entry.keep_only(device_or_dtype)
-        return self
-
-    def models(self) -> list:
-        """Host hook: the objects to load and offload with the model (each once)."""
-        seen: dict[int, object] = {}
-        for entry in self.entries:
-            for owner in entry.owners:
-                seen.setdefault(id(owner), owner)
-        return list(seen.values())

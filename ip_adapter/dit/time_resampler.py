@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..resampler import PerceiverAttention, feed_forward
 from ..statedict import StateDict, count_prefixed, shape_of
 
 #: The released resampler uses 64-wide heads; only heads * 64 is stored.
 HEAD_DIM = 64
-FEED_FORWARD_MULT = 4
 #: adaLN chunks per block: shift/scale for the attention input, shift/scale for the feed-forward input.
 ADALN_CHUNKS = 4
 MAX_PERIOD = 10000
@@ -53,35 +53,17 @@ class TimestepEmbedding(nn.Module):
         return self.linear_2(F.silu(self.linear_1(features)))
 
 
-class TimeAttention(nn.Module):
-    """Latents attend to `cat(x, latents)`; keys `norm1` (x), `norm2` (latents), `to_q`, `to_kv`, `to_out`."""
+class TimeAttention(PerceiverAttention):
+    """The Plus resampler's attention (same keys) with adaLN on the latents: `norm2(latents) * (1 + scale) + shift`
+    from the timestep."""
 
     def __init__(self, dim: int, heads: int) -> None:
-        super().__init__()
-        inner = heads * HEAD_DIM
-        self.heads = heads
-        self.norm1 = nn.LayerNorm(dim)
-        self.norm2 = nn.LayerNorm(dim)
-        self.to_q = nn.Linear(dim, inner, bias=False)
-        self.to_kv = nn.Linear(dim, 2 * inner, bias=False)
-        self.to_out = nn.Linear(inner, dim, bias=False)
-
-    def _split(self, t: torch.Tensor) -> torch.Tensor:
-        b, n, _ = t.shape
-        return t.view(b, n, self.heads, HEAD_DIM).transpose(1, 2)
+        super().__init__(dim, heads, HEAD_DIM)
 
     def forward(self, x: torch.Tensor, latents: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor
                 ) -> torch.Tensor:
         """x: (B, Nx, D); latents: (B, Nl, D); shift, scale: (B, D). Returns (B, Nl, D), before the residual."""
-        x = self.norm1(x)
-        latents = self.norm2(latents) * (1 + scale[:, None]) + shift[:, None]
-        q = self._split(self.to_q(latents))
-        k, v = (self._split(t) for t in self.to_kv(torch.cat((x, latents), dim=1)).chunk(2, dim=-1))
-        # q and k are each scaled by dh^-1/4 (the product by dh^-1/2) and the softmax runs in fp32, as published.
-        s = HEAD_DIM**-0.25
-        weights = torch.softmax(((q * s) @ (k * s).transpose(-2, -1)).float(), dim=-1).to(q.dtype)
-        out = (weights @ v).transpose(1, 2).reshape(latents.shape[0], latents.shape[1], -1)
-        return self.to_out(out)
+        return self.attend(self.norm1(x), self.norm2(latents) * (1 + scale[:, None]) + shift[:, None])
 
 
 class TimeBlock(nn.ModuleList):
@@ -89,9 +71,8 @@ class TimeBlock(nn.ModuleList):
     Linear), `2` adaLN (SiLU, Linear giving shift/scale for the attention and for the feed-forward)."""
 
     def __init__(self, dim: int, heads: int) -> None:
-        ff = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, FEED_FORWARD_MULT * dim, bias=False), nn.GELU(),
-                           nn.Linear(FEED_FORWARD_MULT * dim, dim, bias=False))
-        super().__init__([TimeAttention(dim, heads), ff, nn.Sequential(nn.SiLU(), nn.Linear(dim, ADALN_CHUNKS * dim))])
+        adaln = nn.Sequential(nn.SiLU(), nn.Linear(dim, ADALN_CHUNKS * dim))
+        super().__init__([TimeAttention(dim, heads), feed_forward(dim), adaln])
 
     def forward(self, x: torch.Tensor, latents: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
         """x: (B, Nx, D); latents: (B, Nl, D); temb: (B, D). Returns (B, Nl, D)."""
